@@ -1,0 +1,126 @@
+"""Every config field of ilct_jax, with its default and a one-line meaning.
+
+Dataset configs (celeba.py, lsun_church.py, ffhq.py, ilct_baseline.py, demo.py,
+tiny.py) import this file and override a handful of fields. Override any field
+on the command line, e.g. `--config.optim.lr=2e-4 --config.ct.loss=huber`.
+
+Defaults follow the paper's CelebA-HQ recipe (ALGORITHM.md sections 1-13) where
+the recipe is dataset independent; switch a technique off with one override.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config (paper recipe, CelebA-HQ shapes)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Base PRNG seed: init, noise, sampler indices, data order.
+
+  # ---------------------------------------------------------------- data
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "latents"  # digits | latents | images (tfds image builder).
+  data.name = "celeb_a_hq_latents"  # Dataset name for the tfds sources.
+  data.data_dir = (
+    ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
+  )
+  data.split = "train"  # Split to train on.
+  data.image_size = 32  # Spatial size H = W of a training example.
+  data.channels = 4  # Channels of a training example (4 for SD latents).
+  data.stats_path = ""  # .npz with per-element latent mean/std (latents only).
+  data.num_examples = -1  # -1 = read the size from the dataset itself.
+  data.shuffle_buffer = 50_000  # Shuffle buffer for tf.data sources.
+  data.prefetch = 2  # Batches prefetched to the devices.
+  data.flip_double = False  # Images: add the mirror of every image (LSUN).
+
+  # ---------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "dhariwal_unet"  # EDM's ADM UNet (ALGORITHM 11a).
+  model.model_channels = 128  # Base width of the first level.
+  model.channel_mult = (1, 2, 3, 4)  # Width multiplier per resolution level.
+  model.num_blocks = 4  # Residual blocks per encoder level.
+  model.attn_resolutions = (16, 8)  # Resolutions with self-attention.
+  model.head_channels = 64  # Channels per attention head.
+  model.dropout = 0.0  # Dropout in residual blocks (0: iCT's 0.3 diverged).
+  model.norm = "nsln"  # nsln | group | layer | rms | instance (ALGORITHM 11b).
+  model.dtype = "float32"  # Activation dtype: float32 | bfloat16.
+
+  # ---------------------------------------------------------------- vae
+  config.vae = vae = ml_collections.ConfigDict()
+  vae.path = ""  # Converted Flax VAE checkpoint (convert_vae.py) for decoding.
+  vae.scaling_factor = 0.18215  # SD latent scaling factor.
+
+  # ---------------------------------------------------------------- ct
+  config.ct = ct = ml_collections.ConfigDict()
+  ct.sigma_min = 0.002  # Smallest noise level.
+  ct.sigma_max = 80.0  # Largest noise level.
+  ct.sigma_data = 0.5  # Data std after normalization.
+  ct.rho = 7.0  # Karras grid exponent.
+  ct.p_mean = -1.1  # Lognormal index sampler mean (iCT).
+  ct.p_std = 2.0  # Lognormal index sampler std (iCT).
+  ct.start_scales = 10  # s0 of the doubling curriculum.
+  ct.end_scales = 640  # s1 of the doubling curriculum (iCT: 1280).
+  ct.index_sampler = "lognormal"  # lognormal | uniform (ALGORITHM 3).
+  ct.weighting = "ict"  # ict (1/dsigma) | karras | uniform (ALGORITHM 4).
+  ct.loss = "cauchy"  # cauchy | huber | gm | l2 (per-sample mean, ALGO 6).
+  ct.c_schedule = "adaptive"  # adaptive (c(N) fit) | constant (ALGORITHM 6).
+  ct.c = 0.0  # Constant c; 0 = c0 = 0.00054*sqrt(d).
+  ct.c_mult = 1.0  # Multiplier on the constant c (ablations: 0.01, 3, ...).
+  ct.diffusion_loss = True  # Add the small-sigma diffusion loss (ALGO 7).
+  ct.diffusion_weight = 5.0  # Weight of the diffusion loss.
+  ct.diffusion_threshold = 0.75  # Active where i >= floor(threshold * N).
+
+  # ---------------------------------------------------------------- coupling
+  config.coupling = coupling = ml_collections.ConfigDict()
+  coupling.method = "exact"  # exact | sinkhorn | none (ALGORITHM 9).
+  coupling.scope = "global"  # global (whole batch) | shard (per device).
+  coupling.epsilon = 0.01  # Sinkhorn entropic regularization (relative).
+  coupling.iterations = 200  # Sinkhorn iterations (fixed, so it jits).
+
+  # ---------------------------------------------------------------- optim
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.name = "radam"  # radam | adam.
+  optim.lr = 1e-4  # Constant learning rate.
+  optim.b1 = 0.9  # Adam beta1.
+  optim.b2 = 0.999  # Adam beta2.
+  optim.eps = 1e-8  # Adam epsilon.
+  optim.weight_decay = 1e-4  # Coupled L2 (added to the gradient, as PyTorch).
+
+  # ---------------------------------------------------------------- ema
+  config.ema = ema = ml_collections.ConfigDict()
+  # Decays tracked every step from step 0; the paper evaluates 0.99993.
+  ema.decays = (0.999, 0.9999, 0.99993)
+
+  # ---------------------------------------------------------------- train
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 128  # Global batch size (all devices and hosts).
+  train.epochs = 1400  # Epochs; steps = (num_examples // batch) * epochs.
+  train.num_steps = -1  # > 0 overrides the epoch-derived step count.
+  train.log_every = 100  # Steps between scalar logs.
+  train.sample_every = 5000  # Steps between sample grids (0 = off).
+  train.ckpt_every = 5000  # Steps between checkpoints (and at the end).
+  train.keep = 3  # Most recent checkpoints kept.
+  train.keep_every = 50_000  # Also keep every this many steps (0 = off).
+  train.max_nonfinite = 100  # Halt after this many skipped non-finite steps.
+  train.eval_every = 0  # Steps between small-N FID evaluations (0 = off).
+
+  # ---------------------------------------------------------------- sample
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.num = 64  # Samples in a logged grid / written by --mode=sample.
+  sample.ema_decay = 0.99993  # EMA decay whose params sample (0 = online).
+  sample.grid_scales = 640  # Multistep grid has grid_scales + 1 levels.
+  sample.ts = (0, 420, 640)  # Grid indices of the multistep sampler.
+  sample.batch_size = 64  # Per-call batch for sampling.
+  sample.step = -1  # Checkpoint step to sample from (-1 = latest).
+
+  # ---------------------------------------------------------------- eval
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.num_samples = 50_000  # Samples per FID evaluation.
+  ev.batch_size = 200  # Per-call batch for generation and features.
+  ev.ref_stats = ""  # Reference FID statistics (.npz with mu, sigma).
+  ev.ref_features = ""  # Reference Inception features for precision/recall.
+  ev.inception_path = ""  # Converted Flax InceptionV3 (convert_inception.py).
+  ev.samplers = ("onestep", "twostep")  # Which samplers to evaluate.
+  ev.train_num_samples = 5_000  # Samples for FID during training.
+  ev.save_images = ""  # '' | png | jpeg (JPEG quality 75, paper protocol).
+  ev.step = -1  # Checkpoint step to evaluate (-1 = latest).
+  return config

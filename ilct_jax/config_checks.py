@@ -1,0 +1,81 @@
+"""Up-front validation of a config: one-line errors that name the fix.
+
+Everything a run would otherwise discover minutes (or hours) later is checked
+here before any compile: unknown technique names, a global batch that does not
+divide over the devices or processes, an unwritable workdir.
+"""
+
+import os
+
+import jax
+import ml_collections
+
+from ilct_jax import consistency, coupling, losses, optim
+from ilct_jax.models import norms
+
+
+def check_names(config: ml_collections.ConfigDict) -> None:
+  """Every name-valued field is one of its known choices."""
+  losses.validate(config.ct.loss)
+  consistency.validate(config.ct)
+  coupling.validate(config.coupling.method, config.coupling.scope)
+  if config.model.norm not in norms.NORMS:
+    raise ValueError(
+      f"model.norm={config.model.norm!r} is unknown; choose one of "
+      f"{', '.join(norms.NORMS)}"
+    )
+  if config.optim.name not in optim.OPTIMIZERS:
+    raise ValueError(
+      f"optim.name={config.optim.name!r} is unknown; choose one of "
+      f"{', '.join(optim.OPTIMIZERS)}"
+    )
+  if not 0.0 <= config.ct.diffusion_threshold <= 1.0:
+    raise ValueError(
+      f"ct.diffusion_threshold={config.ct.diffusion_threshold} must be in "
+      "[0, 1]"
+    )
+
+
+def check_batch(
+  config: ml_collections.ConfigDict,
+  num_devices: int | None = None,
+  num_processes: int | None = None,
+) -> None:
+  """The global batch divides over devices and processes."""
+  bs = config.train.batch_size
+  nd = jax.device_count() if num_devices is None else num_devices
+  npr = jax.process_count() if num_processes is None else num_processes
+  if bs <= 0 or bs % nd:
+    raise ValueError(
+      f"train.batch_size={bs} does not divide over {nd} devices; use a "
+      f"multiple of {nd} (e.g. {max(nd, bs // nd * nd)})"
+    )
+  if bs % npr:
+    raise ValueError(
+      f"train.batch_size={bs} does not divide over {npr} processes; use a "
+      f"multiple of {npr}"
+    )
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir exists (or can be created) and is writable."""
+  if not workdir:
+    raise ValueError("--workdir is required: a directory for checkpoints/logs")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+      f"workdir {workdir!r} is not writable ({e.strerror}); pass a writable "
+      "--workdir"
+    ) from e
+
+
+def check_all(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Runs every check (names, batch, workdir)."""
+  check_names(config)
+  check_batch(config)
+  check_workdir(workdir)

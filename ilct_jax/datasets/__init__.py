@@ -1,0 +1,1 @@
+"""tensorflow-datasets builders for the image sets the paper trained on."""

@@ -1,0 +1,162 @@
+"""Training input: per-process batches assembled into global sharded arrays.
+
+The contract every source follows: the global batch of step k is a pure
+function of (seed, k), so a resumed run sees exactly the batches the
+uninterrupted run would have seen. Each process produces only its slice of the
+global batch (process p takes rows [p*B/P, (p+1)*B/P)) and
+`jax.make_array_from_process_local_data` assembles the global array sharded on
+the mesh axis "data".
+
+Sources (`data.source`):
+  digits   the UCI handwritten digits shipped in ilct_jax/data (pixel mode,
+           the built-in demo), upsampled to data.image_size, in [-1, 1].
+  latents  SD-VAE latents encoded by `encode_latents` (ilct_jax.latent_data).
+"""
+
+import os
+import queue
+import threading
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SOURCES = ("digits", "latents")
+DIGITS_PATH = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
+
+
+def load_digits(image_size: int) -> np.ndarray:
+  """UCI digits as float32 [1797, S, S, 1] in [-1, 1] (bilinear upsampling)."""
+  with np.load(DIGITS_PATH) as f:
+    images = f["images"].astype(np.float32) / 16.0  # Values are 0..16.
+  if image_size != 8:
+    images = np.asarray(
+      jax.image.resize(
+        images, (images.shape[0], image_size, image_size), "linear"
+      )
+    )
+  return (images * 2.0 - 1.0)[..., None].astype(np.float32)
+
+
+class ArraySource:
+  """An in-memory dataset whose batch for step k depends only on (seed, k).
+
+  Each epoch is a fresh permutation drawn from (seed, epoch); the last partial
+  batch of an epoch is dropped, as the reference's DataLoader(drop_last=True).
+  """
+
+  def __init__(self, data: np.ndarray, global_batch: int, seed: int):
+    if global_batch > data.shape[0]:
+      raise ValueError(
+        f"train.batch_size={global_batch} exceeds the {data.shape[0]} "
+        "examples of the dataset; lower train.batch_size"
+      )
+    self.data = data
+    self.global_batch = global_batch
+    self.seed = seed
+    self.steps_per_epoch = data.shape[0] // global_batch
+    self._perm_epoch, self._perm = -1, None
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._perm, self._perm_epoch = rng.permutation(self.data.shape[0]), epoch
+    return self._perm
+
+  def local_batch(self, step: int, index: int, count: int) -> np.ndarray:
+    """Rows of global batch `step` that belong to process `index` of `count`."""
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    rows = self._order(epoch)[
+      pos * self.global_batch : (pos + 1) * self.global_batch
+    ]
+    per = self.global_batch // count
+    return self.data[rows[index * per : (index + 1) * per]]
+
+
+def _source(config: ml_collections.ConfigDict) -> ArraySource:
+  d = config.data
+  if d.source == "digits":
+    data = load_digits(d.image_size)
+  elif d.source == "latents":
+    from ilct_jax import latent_data  # Reads the encoded dataset (tfds).
+
+    data = latent_data.load_normalized(config)
+  else:
+    raise ValueError(
+      f"data.source={d.source!r} is unknown; choose one of {', '.join(SOURCES)}"
+    )
+  if data.shape[1:] != (d.image_size, d.image_size, d.channels):
+    raise ValueError(
+      f"dataset examples have shape {data.shape[1:]} but the config says "
+      f"({d.image_size}, {d.image_size}, {d.channels}); fix data.image_size / "
+      "data.channels"
+    )
+  return ArraySource(data, config.train.batch_size, config.seed)
+
+
+def num_examples(config: ml_collections.ConfigDict) -> int:
+  """Dataset size (data.num_examples if set, else read from the dataset)."""
+  if config.data.num_examples > 0:
+    return int(config.data.num_examples)
+  return int(_source(config).data.shape[0])
+
+
+def create_iterator(
+  config: ml_collections.ConfigDict, mesh: Mesh, *, start_step: int
+) -> "_Prefetcher":
+  """Yields global [B, H, W, C] arrays sharded on "data", from `start_step`."""
+  src = _source(config)
+  sharding = NamedSharding(mesh, P("data"))
+  index, count = jax.process_index(), jax.process_count()
+
+  def produce(step: int) -> jax.Array:
+    local = src.local_batch(step, index, count)
+    return jax.make_array_from_process_local_data(sharding, local)
+
+  return _Prefetcher(produce, start_step, max(config.data.prefetch, 1))
+
+
+class _Prefetcher:
+  """Runs `produce(step)` for consecutive steps in a background thread.
+
+  `close()` stops and joins the thread; the loop calls it on exit so that no
+  device transfer is in flight while the interpreter shuts down.
+  """
+
+  def __init__(self, produce, start: int, depth: int):
+    self._produce, self._step = produce, start
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._work, daemon=True)
+    self._thread.start()
+
+  def _work(self) -> None:
+    while not self._stop.is_set():
+      try:
+        item = self._produce(self._step)
+      except Exception as e:  # noqa: BLE001 - re-raised in the consumer.
+        item = e
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if isinstance(item, Exception):
+        return
+      self._step += 1
+
+  def __iter__(self) -> "_Prefetcher":
+    return self
+
+  def __next__(self) -> jax.Array:
+    item = self._queue.get()
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()

@@ -1,0 +1,1 @@
+"""Flax linen networks: the consistency UNet, the SD VAE and InceptionV3."""

@@ -1,0 +1,149 @@
+"""Training state: the model, its parameters, EMAs and optimizer state.
+
+`TrainState` is a pure pytree (flax.struct) so that the train step can be one
+donated `jit`. There is no target network: iCT/iLCT use the online parameters
+under `stop_gradient` as the teacher (ALGORITHM 5). Several EMAs of the
+parameters are tracked at once (ALGORITHM 12); evaluation names the decay it
+uses. The state is created shape-first (`jax.eval_shape`) and materialised by a
+`jit` with replicated out-shardings, and the same abstract state is the orbax
+restore target.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ilct_jax import optim as optim_lib
+from ilct_jax.models import unet
+
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """step, online params, one EMA tree per decay, optimizer state, counters."""
+
+  step: jax.Array
+  params: PyTree
+  ema_params: tuple[PyTree, ...]
+  opt_state: optax.OptState
+  nonfinite: jax.Array  # Number of skipped (non-finite) updates so far.
+  ema_decays: tuple[float, ...] = flax.struct.field(pytree_node=False)
+
+  def apply_gradients(
+    self,
+    tx: optax.GradientTransformation,
+    grads: PyTree,
+    finite: jax.Array,
+  ) -> "TrainState":
+    """One optimizer + EMA update; a non-finite step leaves all untouched.
+
+    The optimizer is passed in rather than stored: a stored transformation
+    would make the pytree metadata (and so the jit cache key) differ per
+    instance.
+    """
+    updates, opt_state = tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    emas = tuple(
+      jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+      for d, ema in zip(self.ema_decays, self.ema_params)
+    )
+    keep = lambda new, old: jax.tree.map(
+      lambda a, b: jnp.where(finite, a, b), new, old
+    )
+    return self.replace(
+      step=self.step + 1,
+      params=keep(params, self.params),
+      ema_params=keep(emas, self.ema_params),
+      opt_state=keep(opt_state, self.opt_state),
+      nonfinite=self.nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
+    )
+
+  def ema(self, decay: float) -> PyTree:
+    """EMA params for `decay`; 0 returns the online params."""
+    if decay == 0:
+      return self.params
+    for d, tree in zip(self.ema_decays, self.ema_params):
+      if abs(d - decay) < 1e-12:
+        return tree
+    raise ValueError(
+      f"EMA decay {decay} is not tracked; tracked decays are "
+      f"{list(self.ema_decays)} (set ema.decays or sample.ema_decay)"
+    )
+
+
+def create_model(
+  config: ml_collections.ConfigDict,
+) -> unet.DhariwalUNet:
+  """The consistency network F_theta named by `config.model`."""
+  m = config.model
+  if m.name != "dhariwal_unet":
+    raise ValueError(
+      f"model.name={m.name!r} is unknown; choose one of dhariwal_unet"
+    )
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if m.dtype not in dtypes:
+    raise ValueError(
+      f"model.dtype={m.dtype!r} is unknown; choose one of float32, bfloat16"
+    )
+  return unet.DhariwalUNet(
+    out_channels=config.data.channels,
+    model_channels=m.model_channels,
+    channel_mult=tuple(m.channel_mult),
+    num_blocks=m.num_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    head_channels=m.head_channels,
+    dropout=m.dropout,
+    norm=m.norm,
+    dtype=dtypes[m.dtype],
+  )
+
+
+def example_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """(H, W, C) of one training example."""
+  d = config.data
+  return (d.image_size, d.image_size, d.channels)
+
+
+def _init(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+  model = create_model(config)
+  x = jnp.zeros((1, *example_shape(config)), jnp.float32)
+  params = model.init(key, x, jnp.zeros((1,)), train=False)["params"]
+  tx = optim_lib.create_optimizer(config.optim)
+  decays = tuple(float(d) for d in config.ema.decays)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=tuple(params for _ in decays),
+    opt_state=tx.init(params),
+    nonfinite=jnp.zeros((), jnp.int32),
+    ema_decays=decays,
+  )
+
+
+def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
+  """Shapes and dtypes of the state, without allocating it."""
+  return jax.eval_shape(lambda k: _init(config, k), jax.random.key(0))
+
+
+def state_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> PyTree:
+  """Replicated sharding for every leaf of the state (params fit a device)."""
+  return jax.tree.map(
+    lambda _: NamedSharding(mesh, P()), abstract_state(config)
+  )
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, mesh: Mesh
+) -> TrainState:
+  """Initialises the state directly into its replicated sharding."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
+  init = jax.jit(
+    lambda k: _init(config, k), out_shardings=state_sharding(config, mesh)
+  )
+  return init(key)

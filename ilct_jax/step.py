@@ -1,0 +1,167 @@
+"""One pure consistency-training step, jitted once over a mesh of all devices.
+
+Implements ALGORITHM.md section 8: OT pairing of data and unit noise, the
+curriculum N(k) and scale c(N) from the traced step, the lognormal pair index,
+the online output at t and the stop-gradient teacher at r (the online params
+themselves, ALGORITHM 5), the robust CT loss, the masked diffusion loss, and the
+RAdam + EMA update. A non-finite loss or gradient skips the update and is
+counted (`state.nonfinite`); the loop halts after `train.max_nonfinite`.
+
+The batch is sharded on the mesh axis "data" and the state is replicated;
+the compiler inserts the gradient all-reduce (no pmap, no pmean).
+"""
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ilct_jax import consistency, coupling, losses
+from ilct_jax import optim as optim_lib
+from ilct_jax import state as state_lib
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+
+def _ct_loss(
+  params: PyTree,
+  apply_fn: Callable[..., jax.Array],
+  x0: jax.Array,
+  noise: jax.Array,
+  idx: jax.Array,
+  sigmas: jax.Array,
+  num: jax.Array,
+  c: jax.Array,
+  key: jax.Array,
+  ct: ml_collections.ConfigDict,
+) -> tuple[jax.Array, Metrics]:
+  """Total loss L = L_ct + w * L_diff and its parts (ALGORITHM 6-8)."""
+  t, r = sigmas[idx], sigmas[idx + 1]
+  bc = lambda v: v[:, None, None, None]
+  key_online, key_target = jax.random.split(key)
+  f = functools.partial(consistency.consistency_fn, apply_fn, ct=ct, train=True)
+  online = f(params, x0 + bc(t) * noise, t, rngs={"dropout": key_online})
+  # Teacher = the current online parameters under stop_gradient (iCT's
+  # theta^- = theta). Under dropout the reference's masks differ between the
+  # two calls on GPU; we use a separate key to match that (moot at dropout 0).
+  target = jax.lax.stop_gradient(
+    f(params, x0 + bc(r) * noise, r, rngs={"dropout": key_target})
+  )
+  weight = consistency.loss_weight(ct.weighting, t, r, ct.sigma_data)
+  ct_loss = losses.consistency_loss(ct.loss, online, target, weight, c)
+  metrics = {"ct_loss": ct_loss}
+  total = ct_loss
+  if ct.diffusion_loss:
+    mask = losses.diffusion_mask(idx, num, ct.diffusion_threshold)
+    diff = losses.diffusion_loss(online, x0, t, mask, ct.sigma_data)
+    total = total + ct.diffusion_weight * diff
+    metrics.update(diff_loss=diff, diff_frac=jnp.mean(mask.astype(jnp.float32)))
+  return total, metrics
+
+
+def train_step(
+  state: state_lib.TrainState,
+  batch: jax.Array,
+  *,
+  config: ml_collections.ConfigDict,
+  apply_fn: Callable[..., jax.Array],
+  total_steps: int,
+  mesh: Mesh | None = None,
+) -> tuple[state_lib.TrainState, Metrics]:
+  """One consistency-training update.
+
+  Args:
+    state: the replicated train state.
+    batch: [B, H, W, C] normalized data x0, sharded on "data".
+    config: the full config (static).
+    apply_fn: the network's `apply`.
+    total_steps: K of the curriculum (static).
+    mesh: the device mesh; needed for `coupling.scope = shard`.
+
+  Returns:
+    The new state and a dict of scalar metrics (replicated).
+  """
+  ct = config.ct
+  key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  key_noise, key_idx, key_drop = jax.random.split(key, 3)
+  x0 = batch.astype(jnp.float32)
+  noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
+  if config.coupling.method != "none":
+    noise = coupling.pair(
+      x0,
+      noise,
+      method=config.coupling.method,
+      scope=config.coupling.scope,
+      mesh=mesh,
+      epsilon=config.coupling.epsilon,
+      iterations=config.coupling.iterations,
+    )
+  num = consistency.num_scales(
+    state.step, total_steps, ct.start_scales, ct.end_scales
+  )
+  sigmas = consistency.karras_grid(
+    num, ct.end_scales + 1, ct.sigma_min, ct.sigma_max, ct.rho
+  )
+  idx = consistency.sample_indices(key_idx, x0.shape[0], sigmas, num, ct)
+  c = consistency.robust_c(num, ct, dim=x0[0].size)
+  grad_fn = jax.value_and_grad(_ct_loss, has_aux=True)
+  (loss, metrics), grads = grad_fn(
+    state.params, apply_fn, x0, noise, idx, sigmas, num, c, key_drop, ct
+  )
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  tx = optim_lib.create_optimizer(config.optim)
+  new_state = state.apply_gradients(tx, grads, finite)
+  metrics.update(
+    loss=loss,
+    grad_norm=grad_norm,
+    num_scales=num.astype(jnp.float32),
+    c=c,
+    lr=jnp.asarray(config.optim.lr, jnp.float32),
+    nonfinite=new_state.nonfinite.astype(jnp.float32),
+  )
+  return new_state, metrics
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh named "data" over all (or the given) devices."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh(
+    (len(devices),),
+    ("data",),
+    devices=devices,
+    axis_types=(jax.sharding.AxisType.Auto,),
+  )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Batch dimension split over "data"."""
+  return NamedSharding(mesh, P("data"))
+
+
+def compile_train_step(
+  config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int
+) -> Callable[..., Any]:
+  """jit(train_step) with donated state and explicit shardings."""
+  model = state_lib.create_model(config)
+  state_sh = state_lib.state_sharding(config, mesh)
+  replicated = NamedSharding(mesh, P())
+  fn = functools.partial(
+    train_step,
+    config=config,
+    apply_fn=model.apply,
+    total_steps=total_steps,
+    mesh=mesh,
+  )
+  return jax.jit(
+    fn,
+    donate_argnums=0,
+    in_shardings=(state_sh, batch_sharding(mesh)),
+    out_shardings=(state_sh, replicated),
+  )

@@ -1,0 +1,58 @@
+"""Installs ilct_jax: improved latent consistency training in JAX/Flax."""
+
+import setuptools
+
+# Version ranges below are the ones this repository was tested with (CPU, Python
+# 3.11). Widen them only after running `bash .ci/run`.
+INSTALL_REQUIRES = [
+  "jax>=0.10,<0.11",
+  "flax>=0.12,<0.13",
+  "optax>=0.2.8,<0.3",
+  "orbax-checkpoint>=0.12,<0.13",
+  "ott-jax>=0.6,<0.7",
+  "chex>=0.1.90,<0.2",
+  "ml-collections>=1.1,<2",
+  "clu==0.0.12",
+  "absl-py>=2.1",
+  "numpy>=2.0,<3",
+  "scipy>=1.13",
+  "pillow>=10",
+  "safetensors>=0.4",
+  "etils[epath]>=1.7",
+  # Input pipeline and clu's TensorBoard writers (imported lazily, never on the
+  # hot path of the model, losses, coupling, step or benchmark).
+  "tensorflow-cpu>=2.18,<2.22",
+  "tensorflow-datasets>=4.9.7,<4.10",
+  "tensorboard>=2.18,<2.22",
+]
+
+EXTRAS = {
+  "test": [
+    "pytest>=8",
+    "ruff>=0.6",
+    # Parity references, run on the CPU. torch 2.14.1 + torchvision 0.29.1
+    # because pytorch-fid needs torchvision, and PyPI's torchvision does not
+    # import beside the CPU-only torch 2.13.0 build.
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "diffusers>=0.30,<0.43",
+    "pytorch-fid==0.3.0",
+  ],
+  "tpu": ["jax[tpu]>=0.10,<0.11"],
+  "cuda12": ["jax[cuda12]>=0.10,<0.11"],
+}
+
+setuptools.setup(
+  name="ilct_jax",
+  version="0.1.0",
+  description=(
+    "Improved Training Technique for Latent Consistency Models (Dao et al.,"
+    " ICLR 2025) in JAX/Flax."
+  ),
+  packages=setuptools.find_packages(include=["ilct_jax", "ilct_jax.*"]),
+  package_data={"ilct_jax": ["data/*.npz", "data/*.txt"]},
+  python_requires=">=3.10",
+  install_requires=INSTALL_REQUIRES,
+  extras_require=EXTRAS,
+  license="Apache-2.0",
+)
