@@ -10,7 +10,8 @@ the mesh axis "data".
 Sources (`data.source`):
   digits   the UCI handwritten digits shipped in ilct_jax/data (pixel mode,
            the built-in demo), upsampled to data.image_size, in [-1, 1].
-  latents  SD-VAE latents encoded by `encode_latents` (ilct_jax.latent_data).
+  latents  SD-VAE latents written by `encode_latents`, normalized with their
+           per-element statistics (ilct_jax.latent_data).
 """
 
 import os
@@ -57,6 +58,8 @@ class ArraySource:
     self.global_batch = global_batch
     self.seed = seed
     self.steps_per_epoch = data.shape[0] // global_batch
+    self.num_examples = data.shape[0]
+    self.example_shape = data.shape[1:]
     self._perm_epoch, self._perm = -1, None
 
   def _order(self, epoch: int) -> np.ndarray:
@@ -75,32 +78,36 @@ class ArraySource:
     return self.data[rows[index * per : (index + 1) * per]]
 
 
-def _source(config: ml_collections.ConfigDict) -> ArraySource:
+def _source(config: ml_collections.ConfigDict):
+  """The configured source: any object with `num_examples`, `example_shape`
+  and `local_batch(step, process_index, process_count)` (see ArraySource)."""
   d = config.data
   if d.source == "digits":
-    data = load_digits(d.image_size)
+    src = ArraySource(
+      load_digits(d.image_size), config.train.batch_size, config.seed
+    )
   elif d.source == "latents":
-    from ilct_jax import latent_data  # Reads the encoded dataset (tfds).
+    from ilct_jax import latent_data  # Encoded SD-VAE latents.
 
-    data = latent_data.load_normalized(config)
+    src = latent_data.make_source(config)
   else:
     raise ValueError(
       f"data.source={d.source!r} is unknown; choose one of {', '.join(SOURCES)}"
     )
-  if data.shape[1:] != (d.image_size, d.image_size, d.channels):
+  expected = (d.image_size, d.image_size, d.channels)
+  if tuple(src.example_shape) != expected:
     raise ValueError(
-      f"dataset examples have shape {data.shape[1:]} but the config says "
-      f"({d.image_size}, {d.image_size}, {d.channels}); fix data.image_size / "
-      "data.channels"
+      f"dataset examples have shape {tuple(src.example_shape)} but the config "
+      f"says {expected}; fix data.image_size / data.channels"
     )
-  return ArraySource(data, config.train.batch_size, config.seed)
+  return src
 
 
 def num_examples(config: ml_collections.ConfigDict) -> int:
   """Dataset size (data.num_examples if set, else read from the dataset)."""
   if config.data.num_examples > 0:
     return int(config.data.num_examples)
-  return int(_source(config).data.shape[0])
+  return int(_source(config).num_examples)
 
 
 def create_iterator(

@@ -4,7 +4,9 @@ Intentionally short (flax examples style): parse flags, initialise
 multi-host JAX when launched that way, and hand over to the library.
 """
 
+import logging as logging_std
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,8 +27,16 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+class _QuietOrbax(logging_std.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno > logging_std.INFO or "orbax" not in record.pathname
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietOrbax())
   jax.config.update("jax_threefry_partitionable", True)
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -53,6 +63,20 @@ def main(argv):
     evaluate.run(config, workdir)
 
 
+def parse_flags_or_exit(argv: list[str]) -> None:
+  """Parses flags early so a --config override typo is one clear line."""
+  try:
+    flags.FLAGS(argv)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e).replace("\\n", " ").replace("\\'", "'")
+    msg = " ".join(msg.replace("'", "").split())
+    sys.exit(
+      f"error: bad --config override ({msg}); every field and its meaning "
+      "is listed in configs/default.py"
+    )
+
+
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
+  parse_flags_or_exit(sys.argv)
   app.run(main)

@@ -134,6 +134,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     state = run.loop(state, batches, start)
   finally:
     batches.close()
+    mngr.wait_until_finished()  # Let an in-flight save finish, even on error.
   final = int(jax.device_get(state.step))
   checkpointing.save(mngr, state, meta, step=final, force=True)
   mngr.wait_until_finished()

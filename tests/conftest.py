@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices, fast compiles, no TF GPUs, tiny config."""
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -11,6 +12,14 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_threefry_partitionable", True)
+# Identical programs recur across tests (the tiny train step on 8 devices):
+# a per-session persistent cache compiles each of them once.
+_CACHE = os.environ.get("ILCT_TEST_JAX_CACHE") or tempfile.mkdtemp(
+  prefix="ilct_jax_cache_"
+)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 

@@ -1,0 +1,142 @@
+"""The jitted train step: mesh invariance, one compile, NaN policy, recipe."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ilct_jax import state as state_lib
+from ilct_jax import step as step_lib
+
+
+def _batch(config, seed=0):
+  shape = (config.train.batch_size, *state_lib.example_shape(config))
+  return np.random.default_rng(seed).normal(0, 0.5, shape).astype(np.float32)
+
+
+def _run(config, devices, steps=1, start_step=0, batch=None, total=6):
+  mesh = step_lib.make_mesh(devices)
+  state = state_lib.create_train_state(config, mesh)
+  state = state.replace(step=state.step + start_step)
+  fn = step_lib.compile_train_step(config, mesh, total_steps=total)
+  x = jax.device_put(
+    _batch(config) if batch is None else batch, step_lib.batch_sharding(mesh)
+  )
+  metrics = []
+  for _ in range(steps):
+    state, m = fn(state, x)
+    metrics.append(jax.device_get(m))
+  return state, metrics, fn
+
+
+def test_one_device_and_eight_devices_agree(tiny_config):
+  assert jax.device_count() == 8
+  s1, m1, _ = _run(tiny_config, jax.devices()[:1], steps=2)
+  s8, m8, _ = _run(tiny_config, jax.devices(), steps=2)
+  for a, b in zip(m1, m8):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+  chex.assert_trees_all_close(
+    jax.device_get(s1.params), jax.device_get(s8.params), atol=1e-5, rtol=1e-4
+  )
+  chex.assert_trees_all_close(
+    jax.device_get(s1.ema_params), jax.device_get(s8.ema_params), atol=1e-5
+  )
+
+
+def test_one_compile_across_curriculum_stages(tiny_config):
+  # total 6 steps, s0=10 -> s1=40: stages of 2 steps, N = 11, 21, 41.
+  state, metrics, fn = _run(tiny_config, jax.devices(), steps=6)
+  ns = [float(m["num_scales"]) for m in metrics]
+  assert ns == [11, 11, 21, 21, 41, 41]
+  cs = [float(m["c"]) for m in metrics]
+  assert cs[0] == pytest.approx(0.00054 * 8)  # c0 for d = 8*8*1.
+  assert cs[2] == pytest.approx(np.exp(-1.15 * np.log(20) - 0.85), rel=1e-5)
+  assert fn._cache_size() == 1  # noqa: SLF001 - jax's jit cache counter.
+  assert int(state.step) == 6
+
+
+def test_step_traces_once(tiny_config):
+  mesh = step_lib.make_mesh()
+  model = state_lib.create_model(tiny_config)
+  traced = chex.assert_max_traces(n=1)(
+    lambda s, b: step_lib.train_step(
+      s, b, config=tiny_config, apply_fn=model.apply, total_steps=6, mesh=mesh
+    )
+  )
+  fn = jax.jit(traced)
+  state = state_lib.create_train_state(tiny_config, mesh)
+  x = jax.device_put(_batch(tiny_config), step_lib.batch_sharding(mesh))
+  for _ in range(5):  # Crosses two stage changes.
+    state, _ = fn(state, x)
+
+
+def test_nonfinite_batch_skips_update_and_counts(tiny_config):
+  mesh = step_lib.make_mesh()
+  state0 = state_lib.create_train_state(tiny_config, mesh)
+  before = jax.device_get(state0.params)
+  fn = step_lib.compile_train_step(tiny_config, mesh, total_steps=6)
+  bad = _batch(tiny_config)
+  bad[0, 0, 0, 0] = np.nan
+  state, m = fn(state0, jax.device_put(bad, step_lib.batch_sharding(mesh)))
+  assert not np.isfinite(float(m["loss"]))
+  assert int(state.nonfinite) == 1 and int(state.step) == 1
+  chex.assert_trees_all_equal(jax.device_get(state.params), before)
+  good = jax.device_put(_batch(tiny_config), step_lib.batch_sharding(mesh))
+  state, m = fn(state, good)
+  assert np.isfinite(float(m["loss"])) and int(state.nonfinite) == 1
+  changed = jax.tree.map(
+    lambda a, b: bool(np.any(a != b)), jax.device_get(state.params), before
+  )
+  assert any(jax.tree.leaves(changed))
+
+
+def test_full_recipe_step_on_eight_devices(tiny_config):
+  c = tiny_config
+  assert (c.ct.loss, c.ct.c_schedule, c.model.norm) == (
+    "cauchy",
+    "adaptive",
+    "nsln",
+  )
+  assert c.ct.diffusion_loss and c.coupling.method == "exact"
+  _, metrics, _ = _run(c, jax.devices(), steps=1)
+  m = metrics[0]
+  assert np.isfinite(m["loss"]) and m["diff_frac"] > 0
+  expected = m["ct_loss"] + 5.0 * m["diff_loss"]
+  assert m["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_matches_hand_computation(tiny_config):
+  """The step's reported loss equals ALGORITHM 8 recomputed outside."""
+  from ilct_jax import consistency, coupling
+
+  c = tiny_config
+  mesh = step_lib.make_mesh(jax.devices()[:1])
+  state = state_lib.create_train_state(c, mesh)
+  model = state_lib.create_model(c)
+  params = jax.device_get(state.params)  # The step donates `state`.
+  x0 = jnp.asarray(_batch(c))
+  _, m = step_lib.compile_train_step(c, mesh, total_steps=6)(
+    state, jax.device_put(x0, step_lib.batch_sharding(mesh))
+  )
+  key = jax.random.fold_in(jax.random.key(c.seed), 0)
+  k_noise, k_idx, _ = jax.random.split(key, 3)
+  z = jax.random.normal(k_noise, x0.shape)
+  z = z[coupling.assignment(x0, z, method="exact")]
+  grid = consistency.karras_grid(11, 41, 0.002, 80.0, 7.0)
+  idx = consistency.sample_indices(k_idx, x0.shape[0], grid, 11, c.ct)
+  t, r = grid[idx], grid[idx + 1]
+  f = lambda x, s: consistency.consistency_fn(
+    model.apply, params, x, s, c.ct, train=False
+  )
+  out = f(x0 + t[:, None, None, None] * z, t)
+  tgt = f(x0 + r[:, None, None, None] * z, r)
+  mse = jnp.mean((out - tgt) ** 2, axis=(1, 2, 3))
+  cc = 0.00054 * 8
+  ct_loss = jnp.mean(jnp.log1p(mse / (2 * cc**2)) / (t - r))
+  mask = idx >= 8  # floor(0.75 * 11)
+  d = jnp.mean((out - x0) ** 2, axis=(1, 2, 3)) * (1 / t**2 + 4)
+  diff = jnp.sum(d * mask) / jnp.maximum(jnp.sum(mask), 1)
+  assert float(m["ct_loss"]) == pytest.approx(float(ct_loss), rel=1e-4)
+  assert float(m["diff_loss"]) == pytest.approx(float(diff), rel=1e-4)
