@@ -63,11 +63,13 @@ def main(argv):
     evaluate.run(config, workdir)
 
 
-def parse_flags_or_exit(argv: list[str]) -> None:
-  """Parses flags early so a --config override typo is one clear line."""
+def run_or_explain_config_error() -> None:
+  """app.run(main), with a --config override typo reported in one line."""
   try:
-    flags.FLAGS(argv)
+    app.run(main)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if flags.FLAGS.is_parsed():
+      raise  # Not a flag-parsing problem: keep the full traceback.
     msg = str(e).replace("\\n", " ").replace("\\'", "'")
     msg = " ".join(msg.replace("'", "").split())
     sys.exit(
@@ -78,5 +80,4 @@ def parse_flags_or_exit(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  parse_flags_or_exit(sys.argv)
-  app.run(main)
+  run_or_explain_config_error()

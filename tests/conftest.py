@@ -5,6 +5,11 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Tests compile many small programs; LLVM's expensive passes cost ~30% of the
+# compile time and buy nothing for tensors this small.
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_llvm_disable_expensive_passes=true"
+).strip()
 
 import jax  # noqa: E402
 

@@ -85,14 +85,17 @@ def test_crash_then_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
 
 def test_resume_refuses_a_different_run(tiny_config, tmp_path):
   workdir = str(tmp_path)
-  tiny_config.train.num_steps = 3
-  train.train_and_evaluate(tiny_config, workdir)
+  train.train_and_evaluate(tiny_config, workdir)  # Same program as above.
   tiny_config.train.num_steps = 9  # Changes the curriculum: not a resume.
-  with pytest.raises(checkpointing.CheckpointMismatchError, match="total_steps"):
+  with pytest.raises(
+    checkpointing.CheckpointMismatchError, match="total_steps"
+  ):
     train.train_and_evaluate(tiny_config, workdir)
-  tiny_config.train.num_steps = 3
+  tiny_config.train.num_steps = 6
   tiny_config.model.model_channels = 32  # Another network.
-  with pytest.raises(checkpointing.CheckpointMismatchError, match="new --workdir"):
+  with pytest.raises(
+    checkpointing.CheckpointMismatchError, match="new --workdir"
+  ):
     train.train_and_evaluate(tiny_config, workdir)
 
 
@@ -119,7 +122,9 @@ def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
   a, ma = fn(state, batch(1))
   b, mb = fn(restored, batch(1))
   assert float(ma["loss"]) == float(mb["loss"])
-  chex.assert_trees_all_equal(jax.device_get(a.params), jax.device_get(b.params))
+  chex.assert_trees_all_equal(
+    jax.device_get(a.params), jax.device_get(b.params)
+  )
 
 
 def test_never_checkpoints_nan_params(tiny_config, tmp_path):
@@ -172,15 +177,25 @@ def test_unknown_names_fail_fast(tiny_config, tmp_path, field, value, message):
 def test_unwritable_workdir(tiny_config, tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("x")
-  with pytest.raises(PermissionError, match="is not writable .* pass a writable"):
+  with pytest.raises(
+    PermissionError, match="is not writable .* pass a writable"
+  ):
     train.train_and_evaluate(tiny_config, str(blocker / "run"))
 
 
 def test_cli_config_typo_is_one_line(tmp_path):
   proc = subprocess.run(
-    [sys.executable, "-m", "ilct_jax.main", "--config=configs/tiny.py",
-     f"--workdir={tmp_path}", "--config.optim.lrr=1"],
-    capture_output=True, text=True, timeout=120,
+    [
+      sys.executable,
+      "-m",
+      "ilct_jax.main",
+      "--config=configs/tiny.py",
+      f"--workdir={tmp_path}",
+      "--config.optim.lrr=1",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
     cwd=os.path.dirname(os.path.dirname(__file__)),
   )
   assert proc.returncode != 0
