@@ -1,0 +1,22 @@
+"""The hot path (model, losses, coupling, step, sampling, benchmark) has no TF."""
+
+import subprocess
+import sys
+
+
+def test_hot_path_imports_without_tensorflow():
+  code = (
+    "import sys\n"
+    "import ilct_jax.step, ilct_jax.state, ilct_jax.losses, ilct_jax.coupling\n"
+    "import ilct_jax.sampling, ilct_jax.consistency, ilct_jax.models.unet\n"
+    "import ilct_jax.benchmark, ilct_jax.autoencoder, ilct_jax.models.vae\n"
+    "leaked = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+    "                ('tensorflow', 'tensorflow_datasets'))\n"
+    "assert not leaked, leaked\n"
+    "print('ok')\n"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().endswith("ok")
