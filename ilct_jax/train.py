@@ -104,6 +104,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   from clu import metric_writers  # Lazy: imports TF.
 
   config_checks.check_all(config, workdir)
+  if config.train.eval_every > 0:
+    from ilct_jax import evaluate  # Fail before training, not at step K.
+
+    evaluate.check_eval_config(config)
   mesh = step_lib.make_mesh()
   n_examples = input_pipeline.num_examples(config)
   meta = run_meta(config, n_examples)
@@ -173,6 +177,10 @@ class _Run:
         self._check_nonfinite(scalars)
       if cfg.sample_every and done % cfg.sample_every == 0:
         write_samples(self.config, state, self.writer, self.workdir, done)
+      if cfg.eval_every and done % cfg.eval_every == 0:
+        from ilct_jax import evaluate
+
+        evaluate.train_time_fid(self.config, state, done, self.writer)
       checkpointing.save(self.mngr, state, self.meta, step=done)
       if self.mngr.reached_preemption(done):
         logging.warning("Preemption at step %d: saving and exiting", done)

@@ -202,3 +202,12 @@ def test_cli_config_typo_is_one_line(tmp_path):
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: bad --config override")
   assert 'Did you mean "lr"' in last and "configs/default.py" in last
+
+
+def test_fid_during_training_checks_its_files_before_training(
+  tiny_config, tmp_path
+):
+  tiny_config.train.eval_every = 2
+  with pytest.raises(FileNotFoundError, match="convert_inception"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")

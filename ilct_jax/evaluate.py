@@ -1,0 +1,499 @@
+"""Sample quality of a train state: FID, precision and recall (--mode=eval).
+
+The paper's protocol (ALGORITHM.md 14-15): N samples per sampler from one
+EMA, decoded to [-1, 1], quantized as clamp((x + 1) / 2, 0, 1) * 255,
+optionally saved as JPEG (quality 75) and read back, InceptionV3 pool3
+features (pytorch-fid), FID against reference statistics, and k = 3
+precision/recall against reference features when given. Each batch is
+generated as one global array sharded on "data" (all devices and hosts);
+each process saves and featurizes its own rows on its local devices and the
+features are gathered. Samples depend on (eval.seed, sampler, batch) only.
+Output: workdir/eval/metrics_<step>.json and TensorBoard `eval/fid_<sampler>`
+(and precision/recall); `train_time_fid` logs `train_eval/...`. Reference of
+digits: python -m ilct_jax.evaluate --config=... --stats_out=... (docs/EVAL.md).
+"""
+
+import concurrent.futures
+import functools
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags, logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ilct_jax import checkpointing, fid, generate, sampling
+from ilct_jax import state as state_lib
+from ilct_jax import step as step_lib
+from ilct_jax.models import inception
+
+PyTree = Any
+Config = ml_collections.ConfigDict
+SAVE_FORMATS = ("", "png", "jpeg")
+# The reference saves samples with PIL's `save("x.jpg")`, whose default
+# quality is 75 (ALGORITHM.md 14); FID then reads those JPEGs.
+JPEG_QUALITY = 75
+_FORMATS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg")}
+
+
+def ema_decay(config: Config) -> float:
+  """The EMA decay evaluated: eval.ema_decay, or sample.ema_decay if < 0."""
+  decay = config.eval.ema_decay
+  return float(config.sample.ema_decay if decay < 0 else decay)
+
+
+def _reference_command(config: Config, path: str) -> str:
+  if config.data.source == "digits":
+    cmd = "ilct_jax.evaluate --config=<this config> --stats_out="
+  else:
+    cmd = "ilct_jax.fid --inception=<.npz> --images=<real images> --out="
+  return f"python -m {cmd}{path} --features_out=<features.npy>"
+
+
+def _check_files(config: Config) -> None:
+  ev = config.eval  # Missing files are the usual error: name the command.
+  if not ev.inception_path or not os.path.isfile(ev.inception_path):
+    raise FileNotFoundError(
+      f"eval.inception_path={ev.inception_path!r} is not a file; download "
+      "pytorch-fid's pt_inception-2015-12-05-6726825d.pth and run python -m "
+      "ilct_jax.convert_inception --pth=<that file> --out=inception_fid.npz"
+    )
+  if not ev.ref_stats or not os.path.isfile(ev.ref_stats):
+    raise FileNotFoundError(
+      f"eval.ref_stats={ev.ref_stats!r} is not a file; build the reference "
+      f"statistics with {_reference_command(config, ev.ref_stats or 'S.npz')}"
+    )
+  if ev.ref_features and not os.path.isfile(ev.ref_features):
+    raise FileNotFoundError(
+      f"eval.ref_features={ev.ref_features!r} is not a file; write it with "
+      "--features_out of the command that built eval.ref_stats, or set ''"
+    )
+  if config.data.source != "digits" and not config.vae.path:
+    raise ValueError(
+      "eval decodes latents with the SD VAE but vae.path is empty; run "
+      "python -m ilct_jax.convert_vae --src=<diffusers VAE> --out=DIR and "
+      "set --config.vae.path=DIR"
+    )
+
+
+def check_eval_config(config: Config) -> None:
+  """Fails fast, with one line naming the fix, if evaluation cannot run.
+
+  The train loop calls this at start-up when `train.eval_every > 0`, so an
+  incomplete `eval` group stops the run before training, not at the first
+  evaluation; eval mode calls it before restoring.
+  """
+  ev, n = config.eval, jax.device_count()
+  if ev.save_images not in SAVE_FORMATS:
+    raise ValueError(
+      f"eval.save_images={ev.save_images!r} is unknown; choose '', png or jpeg"
+    )
+  known = tuple(sampling.samplers(config))
+  if not ev.samplers or any(s not in known for s in ev.samplers):
+    raise ValueError(f"eval.samplers={tuple(ev.samplers)} must be in {known}")
+  if ev.batch_size <= 0 or ev.batch_size % n:
+    raise ValueError(
+      f"eval.batch_size={ev.batch_size} does not divide over {n} devices; "
+      f"use a multiple of {n}"
+    )
+  for field in ("num_samples", "train_num_samples"):
+    if ev[field] < 2:
+      raise ValueError(f"eval.{field}={ev[field]} must be >= 2 (FID needs 2)")
+  if ev.inception_size < inception.MIN_SIZE:
+    raise ValueError(
+      f"eval.inception_size={ev.inception_size} is below the network's "
+      f"minimum {inception.MIN_SIZE}; use 299 (pytorch-fid)"
+    )
+  decay, decays = ema_decay(config), tuple(config.ema.decays)
+  if decay != 0 and not any(abs(decay - d) < 1e-12 for d in decays):
+    raise ValueError(
+      f"EMA decay {decay} is not tracked (ema.decays={decays}); set "
+      "eval.ema_decay to one of them"
+    )
+  _check_files(config)
+
+
+@functools.lru_cache(maxsize=2)
+def feature_fn(path: str, size: int) -> Callable[[np.ndarray], jax.Array]:
+  """Cached f(uint8 [b, H, W, 3]) -> pool3 [b, 2048] on this host's devices.
+
+  Loaded and jitted once per (path, size), reused by every later call; b
+  must divide over the local devices. pytorch-fid's input path: /255,
+  bilinear resize to `size` (299 in the protocol), [0, 1] -> [-1, 1].
+  """
+  from ilct_jax import convert_inception
+
+  module, variables = convert_inception.load_inception(path, resize_input=False)
+  devices = jax.local_devices()
+  # Virtual CPU devices (jax_num_cpu_devices) share the host's cores:
+  # sharding Inception over 8 of them measured ~5x slower than one device.
+  devices = devices[:1] if devices[0].platform == "cpu" else devices
+  mesh = Mesh(np.array(devices), ("data",))
+  rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  variables = jax.device_put(variables, replicated)
+
+  def features(v: PyTree, images: jax.Array) -> jax.Array:
+    x = images.astype(jnp.float32) / 255.0  # pytorch-fid's ToTensor.
+    x = inception.resize_bilinear(x, size)  # Identity at 299.
+    return module.apply(v, x)["pool3"]
+
+  jitted = jax.jit(
+    features, in_shardings=(replicated, rows), out_shardings=rows
+  )
+  return lambda images: jitted(variables, images)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference(stats: str, features: str) -> tuple[Any, Any, Any]:
+  """(mu, sigma, features [N, D] or None), read once per run."""
+  feats = np.load(features, allow_pickle=False) if features else None
+  if feats is not None and feats.ndim != 2:
+    raise ValueError(f"{features} is not an .npy of [N, D] features")
+  return *fid.load_stats(stats), feats
+
+
+@functools.lru_cache(maxsize=1)
+def _mesh() -> Mesh:
+  return step_lib.make_mesh()
+
+
+@functools.lru_cache(maxsize=8)
+def _generator(
+  config: ml_collections.FrozenConfigDict, sigmas: tuple[float, ...], mesh
+) -> Callable[[PyTree, jax.Array], jax.Array]:
+  """jit(params, key) -> eval.batch_size samples sharded on "data"."""
+  model = state_lib.create_model(config)
+  shape = (config.eval.batch_size, *state_lib.example_shape(config))
+
+  def generate_batch(params: PyTree, key: jax.Array) -> jax.Array:
+    return sampling.sample(model.apply, params, key, shape, sigmas, config.ct)
+
+  return jax.jit(generate_batch, out_shardings=NamedSharding(mesh, P("data")))
+
+
+@functools.lru_cache(maxsize=8)
+def _quantizer(sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
+  """jit([-1, 1] images) -> uint8 RGB, keeping the batch sharding."""
+
+  def quantize(images: jax.Array) -> jax.Array:
+    # sampling.to_uint8, on the devices: clip((x + 1) / 2, 0, 1) * 255.
+    x = jnp.round(jnp.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0)
+    return to_rgb(x.astype(jnp.uint8), jnp)
+
+  return jax.jit(quantize, out_shardings=sharding)
+
+
+def to_rgb(images: Any, xp: Any = np) -> Any:
+  """Grayscale (C = 1) -> RGB by repetition; RGB passes through."""
+  c = images.shape[-1]
+  if c not in (1, 3):
+    raise ValueError(
+      f"FID needs grayscale or RGB images, got {c} channels; decode latents "
+      "first (set vae.path)"
+    )
+  return xp.repeat(images, 3, axis=-1) if c == 1 else images
+
+
+def _local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """This process's rows of a batch-sharded array and their batch indices."""
+  rows, index, seen = [], [], set()
+  for shard in sorted(
+    x.addressable_shards, key=lambda s: s.index[0].start or 0
+  ):
+    start = shard.index[0].start or 0
+    if start not in seen:  # Skip replicas of rows already taken.
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+      index.append(np.arange(start, start + rows[-1].shape[0]))
+  return np.concatenate(rows), np.concatenate(index)
+
+
+def _save_rows(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
+  """Saves rows[keep] as <index>.<ext>; returns the pixels FID must see."""
+  from PIL import Image  # Only saving needs Pillow.
+
+  (pil_format, ext), options = _FORMATS[fmt], {"quality": JPEG_QUALITY}
+
+  def save(i: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(rows[i]).save(buf, format=pil_format, **options)
+    with open(os.path.join(save_dir, f"{index[i]:06d}.{ext}"), "wb") as f:
+      f.write(buf.getbuffer())
+    if fmt != "jpeg":
+      return rows[i]  # PNG is lossless (and ignores `quality`).
+    with Image.open(io.BytesIO(buf.getvalue())) as img:  # FID sees the JPEG.
+      return np.asarray(img.convert("RGB"), np.uint8)
+
+  out = rows.copy()
+  out[keep] = list(pool.map(save, keep))
+  return out
+
+
+def _local_batches(
+  config: Config,
+  x0_batch: Callable[[int], jax.Array],
+  num: int,
+  save_dir: str | None,
+  index: list[np.ndarray],
+) -> Iterator[np.ndarray]:
+  """Yields this process's uint8 rows batch by batch (appending indices)."""
+  ev, decode = config.eval, generate.image_decoder(config)
+  if decode is None:
+    raise ValueError("cannot decode samples: set vae.path (convert_vae.py)")
+  fmt = ev.save_images if save_dir else ""
+  if fmt:
+    os.makedirs(save_dir, exist_ok=True)
+
+  def images(i: int) -> jax.Array:
+    x = decode(x0_batch(i))
+    return _quantizer(x.sharding)(x)
+
+  batches = -(-num // ev.batch_size)
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    ahead = images(0)
+    for i in range(batches):  # Dispatch i + 1 before the host works on i.
+      current, ahead = ahead, images(i + 1) if i + 1 < batches else None
+      rows, local = _local_rows(current)
+      local = local + i * ev.batch_size
+      index.append(local)
+      if fmt:  # Rows past num only pad the last batch: not saved.
+        keep = np.flatnonzero(local < num)
+        rows = _save_rows(rows, local, keep, save_dir, fmt, pool)
+      yield rows
+
+
+def image_features(
+  config: Config,
+  x0_batch: Callable[[int], jax.Array],
+  num: int,
+  save_dir: str | None = None,
+) -> np.ndarray:
+  """[num, 2048] Inception features (row i = sample i, on every process).
+
+  Batch i = x0_batch(i), [eval.batch_size, H, W, C] in data space sharded on
+  "data" (rows past `num` are dropped), is decoded, quantized to uint8 RGB on
+  the devices, split into this process's rows, saved under `save_dir` if
+  given (eval.save_images; FID sees the JPEG-decoded pixels) and featurized
+  locally, with progress and ETA.
+  """
+  ev, index = config.eval, []
+  f = feature_fn(ev.inception_path, ev.inception_size)
+  local_bs = ev.batch_size // jax.process_count()
+  batches = _local_batches(config, x0_batch, num, save_dir, index)
+  total = -(-num // ev.batch_size) * local_bs
+  quiet = jax.process_index() > 0
+  feats = fid.extract_features(
+    batches, f, local_bs, total, None if quiet else 30.0
+  )
+  index = np.concatenate(index)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    feats, index = multihost_utils.process_allgather((feats, index), tiled=True)
+  order = np.argsort(index, kind="stable")
+  return feats[order[index[order] < num]]
+
+
+def sample_features(
+  config: Config, params: PyTree, sampler: str, num: int, save_dir: Any = None
+) -> np.ndarray:
+  """image_features of `num` samples of the named sampler.
+
+  Batch i uses the key fold_in(fold_in(key(eval.seed), sampler id), i), so
+  the samples do not depend on the device or process count.
+  """
+  samplers = sampling.samplers(config)
+  gen = _generator(
+    ml_collections.FrozenConfigDict(config), samplers[sampler], _mesh()
+  )
+  key = jax.random.fold_in(
+    jax.random.key(config.eval.seed), list(samplers).index(sampler)
+  )
+  x0 = lambda i: gen(params, jax.random.fold_in(key, i))
+  return image_features(config, x0, num, save_dir)
+
+
+def frechet_to(feats: Any, mu_ref: Any, sigma_ref: Any) -> float:
+  """FID of features [N, D] against reference statistics.
+
+  N > D (the protocol: 50k > 2048) uses pytorch-fid's sqrtm route
+  (fid.frechet_distance). For N <= D the covariance A^T A (A = centred
+  features / sqrt(N - 1)) has rank < N, and the nonzero eigenvalues of
+  A^T A sigma_ref equal those of A sigma_ref A^T, so Tr sqrt(sigma
+  sigma_ref) comes exactly from an N x N eigh instead of a singular D x D
+  sqrtm (minutes on a CPU and inaccurate).
+  """
+  x = np.asarray(feats, np.float64)
+  if x.shape[0] > x.shape[1]:
+    return fid.frechet_distance(*fid.stats_from_features(x), mu_ref, sigma_ref)
+  mu = x.mean(axis=0)
+  a = (x - mu) / np.sqrt(x.shape[0] - 1)
+  eig = np.linalg.eigvalsh(a @ np.asarray(sigma_ref) @ a.T)
+  tr_sqrt, diff = np.sqrt(np.clip(eig, 0.0, None)).sum(), mu - mu_ref
+  return float(diff @ diff + np.sum(a * a) + np.trace(sigma_ref) - 2 * tr_sqrt)
+
+
+def metrics_from_features(config: Config, feats: Any) -> dict[str, float]:
+  """FID vs eval.ref_stats; precision/recall (k=3) vs eval.ref_features."""
+  ev = config.eval
+  mu_ref, sigma_ref, ref_feats = _reference(ev.ref_stats, ev.ref_features)
+  out = {"fid": frechet_to(feats, mu_ref, sigma_ref)}
+  if ref_feats is not None:
+    out["precision"], out["recall"] = fid.precision_recall(ref_feats, feats)
+  return out
+
+
+def evaluate_params(
+  config: Config, params: PyTree, num: int, save_root: str | None = None
+) -> dict[str, dict[str, Any]]:
+  """{sampler: {fid, [precision, recall,] sigmas, nfe, seconds}} of params.
+
+  `num` samples per sampler in eval.samplers; images are saved under
+  save_root/<sampler>/ when save_root is given.
+  """
+  results = {}
+  for name in config.eval.samplers:
+    start, sigmas = time.perf_counter(), sampling.samplers(config)[name]
+    logging.info("FID of %s: %d samples, sigmas %s", name, num, sigmas)
+    save_dir = os.path.join(save_root, name) if save_root else None
+    feats = sample_features(config, params, name, num, save_dir)
+    results[name] = metrics_from_features(config, feats)
+    results[name].update(
+      sigmas=list(sigmas),
+      nfe=sum(s > config.ct.sigma_min for s in sigmas),
+      seconds=time.perf_counter() - start,
+    )
+    logging.info("%s: %s", name, results[name])
+  return results
+
+
+def _scalars(prefix: str, results: dict[str, dict[str, Any]]) -> dict:
+  return {
+    f"{prefix}/{metric}_{name}": res[metric]
+    for name, res in results.items()
+    for metric in ("fid", "precision", "recall")
+    if metric in res
+  }
+
+
+def run(config: Config, workdir: str) -> dict[str, Any]:
+  """--mode=eval: one checkpoint's metrics to JSON and TensorBoard.
+
+  Checkpoint eval.step (-1: latest), EMA `ema_decay(config)`; returns the
+  record written to workdir/eval/metrics_<step>.json.
+  """
+  check_eval_config(config)
+  ev, mesh = config.eval, _mesh()
+  if ev.inception_size != inception.FID_SIZE:
+    logging.warning("eval.inception_size != 299: FID not comparable to papers")
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    state_lib.abstract_state(config),
+    state_lib.state_sharding(config, mesh),
+  )
+  mngr = checkpointing.create_manager(workdir, config.train, read_only=True)
+  step = mngr.latest_step() if ev.step < 0 else ev.step
+  state, _ = checkpointing.restore(mngr, config, abstract, step)
+  params = state.ema(ema_decay(config))
+  out_dir = os.path.join(workdir, "eval")
+  save_root = os.path.join(out_dir, str(step)) if ev.save_images else None
+  record = dict(
+    step=step, ema_decay=ema_decay(config), num_samples=ev.num_samples,
+    seed=ev.seed, images=ev.save_images or "uint8", ref_stats=ev.ref_stats,
+    ref_features=ev.ref_features, inception_size=ev.inception_size,
+    samplers=evaluate_params(config, params, ev.num_samples, save_root),
+  )  # fmt: skip
+  if jax.process_index() == 0:
+    path = os.path.join(out_dir, f"metrics_{step}.json")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+    logging.info("Wrote %s", path)
+  from clu import metric_writers  # Lazy: imports TensorFlow.
+
+  writer = metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0
+  )
+  writer.write_scalars(step, _scalars("eval", record["samplers"]))
+  writer.close()
+  return record
+
+
+def train_time_fid(
+  config: Config, state: state_lib.TrainState, step: int, writer: Any
+) -> dict[str, float]:
+  """Small-N FID during training; returns the scalars written at `step`.
+
+  eval.train_num_samples per sampler, same EMA, seed and samplers as eval
+  mode. Inception and the jitted functions are cached: only the first call
+  compiles. `state` is not modified. Writes `train_eval/fid_<sampler>` (and
+  precision/recall) to the clu `writer`. Call `check_eval_config` at
+  start-up so that a missing file fails before training.
+  """
+  params = state.ema(ema_decay(config))
+  with jax.transfer_guard("allow"):  # Samples and features cross to the host.
+    results = evaluate_params(config, params, config.eval.train_num_samples)
+  scalars = _scalars("train_eval", results)
+  writer.write_scalars(step, scalars)
+  return scalars
+
+
+def dataset_reference(
+  config: Config, stats_out: str, features_out: str = "", num: int = 0
+) -> np.ndarray:
+  """Writes FID statistics (and features) of the first `num` digits (0: all).
+
+  The data take the samples' decode / quantize / feature path (never JPEG).
+  Latent datasets use real images instead: python -m ilct_jax.fid. Returns
+  the [num, 2048] features.
+  """
+  if config.data.source != "digits":
+    raise ValueError(
+      f"data.source={config.data.source!r} has no built-in images; build "
+      f"the reference with {_reference_command(config, stats_out)}"
+    )
+  from ilct_jax import input_pipeline
+
+  data = input_pipeline.load_digits(config.data.image_size)
+  num, bs = num or data.shape[0], config.eval.batch_size
+  if not 2 <= num <= data.shape[0]:
+    raise ValueError(f"num={num} must be in [2, {data.shape[0]}] (digits)")
+  data = np.concatenate([data, data[: -data.shape[0] % bs]])  # Full batches.
+  sharding = NamedSharding(_mesh(), P("data"))
+  x0 = lambda i: jax.device_put(data[i * bs : (i + 1) * bs], sharding)
+  feats = image_features(config, x0, num)
+  fid.save_stats(stats_out, *fid.stats_from_features(feats))
+  if features_out:
+    with open(features_out, "wb") as f:  # Keeps the exact file name.
+      np.save(f, feats)
+  return feats
+
+
+def main(argv: list[str]) -> None:
+  """CLI: reference statistics of the config's pixel dataset."""
+  del argv
+  cfg = flags.FLAGS
+  feats = dataset_reference(
+    cfg.config, cfg.stats_out, cfg.features_out, cfg.num
+  )
+  print(f"Wrote {cfg.stats_out} ({feats.shape[0]} images)")
+
+
+if __name__ == "__main__":
+  from absl import app
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Config file.")
+  flags.DEFINE_string("stats_out", None, "Output .npz with mu and sigma.")
+  flags.DEFINE_string("features_out", "", "Optional .npy of the features.")
+  flags.DEFINE_integer("num", 0, "Use the first N examples (0: all).")
+  flags.mark_flags_as_required(["config", "stats_out"])
+  app.run(main)

@@ -1,0 +1,265 @@
+"""Tests of ilct_jax/evaluate.py: eval mode end to end on the tiny config.
+
+A random InceptionV3 is saved in the converter's format and the reference is
+the first 64 digits through the eval path. pytorch-fid resizes to 299; here
+`eval.inception_size = 75` (the network's minimum) makes Inception ~16x
+cheaper on CPU. The code path is the same at 299 (resize_bilinear, then the
+network without its own resize, which is what `resize_input=True` does);
+299 parity with pytorch-fid is in inception_parity_test.py.
+"""
+
+import glob
+import json
+import math
+import os
+import types
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from PIL import Image
+
+from ilct_jax import (
+  checkpointing,
+  convert_inception,
+  evaluate,
+  fid,
+  input_pipeline,
+  sampling,
+  train,
+)
+from ilct_jax import state as state_lib
+from ilct_jax import step as step_lib
+from ilct_jax.models import inception
+
+NUM_REF = 64
+
+
+def _untrained_state(config):
+  """A state with random weights (std 0.1), built from shapes: no compile.
+
+  Random rather than initial weights: the zero-initialized output convs of a
+  fresh UNet would make every sample the same constant image.
+  """
+  abstract = state_lib.abstract_state(config)
+  rng = np.random.default_rng(1)
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract)
+  params = jax.tree.map(
+    lambda a: (0.1 * rng.standard_normal(a.shape)).astype(a.dtype),
+    abstract.params,
+  )
+  state = zeros.replace(
+    params=params, ema_params=tuple(params for _ in abstract.ema_params)
+  )
+  return state  # Host arrays: saving them skips an 8-device compile.
+
+
+def _real_batches(config, mesh):
+  """x0_batch(i) over the digits, sharded on "data" as generated samples."""
+  data = input_pipeline.load_digits(config.data.image_size)
+  bs, sharding = config.eval.batch_size, NamedSharding(mesh, P("data"))
+  return lambda i: jax.device_put(data[i * bs : (i + 1) * bs], sharding)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  from configs import tiny
+
+  root = tmp_path_factory.mktemp("eval")
+  module = inception.InceptionV3()
+  inception_path = str(root / "inception_fid.npz")
+  convert_inception.save_variables(
+    inception_path, inception.init_variables(module)
+  )
+  config = tiny.get_config()
+  ev = config.eval
+  ev.inception_path = inception_path
+  ev.inception_size = inception.MIN_SIZE
+  ev.batch_size, ev.num_samples, ev.train_num_samples = 32, 64, 32
+  ev.ref_stats = str(root / "digits_stats.npz")
+  ev.ref_features = str(root / "digits_features.npy")
+  ref_feats = evaluate.dataset_reference(
+    config, ev.ref_stats, ev.ref_features, NUM_REF
+  )
+  mesh = step_lib.make_mesh()
+  state = _untrained_state(config)
+  workdir = str(root / "run")
+  mngr = checkpointing.create_manager(workdir, config.train)
+  meta = train.run_meta(config, 1797)
+  checkpointing.save(mngr, state, meta, step=5, force=True)
+  mngr.wait_until_finished()
+  state = jax.device_put(state, NamedSharding(mesh, P()))  # As in training.
+  real = evaluate.image_features(config, _real_batches(config, mesh), NUM_REF)
+  return types.SimpleNamespace(
+    config=config, workdir=workdir, state=state, mesh=mesh,
+    ref_feats=ref_feats, real_feats=real,
+  )  # fmt: skip
+
+
+def test_real_vs_real_fid_is_zero_and_matches_host_path(env):
+  config = env.config
+  # Independent host path: numpy quantization and tiling, then features.
+  data = input_pipeline.load_digits(config.data.image_size)[:NUM_REF]
+  images = np.repeat(sampling.to_uint8(data), 3, axis=-1)
+  f = evaluate.feature_fn(config.eval.inception_path, inception.MIN_SIZE)
+  host = fid.extract_features([images[:32], images[32:]], f, 32, None, None)
+  np.testing.assert_allclose(env.real_feats, host, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(env.ref_feats, host, rtol=1e-5, atol=1e-5)
+  m = evaluate.metrics_from_features(config, env.real_feats)
+  assert abs(m["fid"]) < 1e-3 * np.trace(np.cov(host, rowvar=False))
+  assert m["precision"] == 1.0 and m["recall"] == 1.0
+
+
+def test_eval_mode_end_to_end_png(env):
+  config = env.config.copy_and_resolve_references()
+  config.eval.save_images = "png"
+  record = evaluate.run(config, env.workdir)
+  with open(os.path.join(env.workdir, "eval", "metrics_5.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(record))
+  assert record["step"] == 5 and record["ema_decay"] == 0.9
+  real_fid = evaluate.metrics_from_features(config, env.real_feats)["fid"]
+  real = _real_batches(config, env.mesh)
+  held_out = evaluate.image_features(config, lambda i: real(i + 2), 32)
+  held_out_fid = evaluate.metrics_from_features(config, held_out)["fid"]
+  assert abs(real_fid) < 1e-3 < held_out_fid  # Other digits: FID > 0.
+  for name, nfe in (("onestep", 1), ("twostep", 2)):
+    res = record["samplers"][name]
+    assert res["nfe"] == nfe
+    assert math.isfinite(res["fid"]) and res["fid"] > held_out_fid
+    assert 0.0 <= res["precision"] <= 1.0 and 0.0 <= res["recall"] <= 1.0
+    pngs = sorted(glob.glob(os.path.join(env.workdir, "eval/5", name, "*")))
+    assert len(pngs) == 64 and pngs[-1].endswith("000063.png")
+    img = np.asarray(Image.open(pngs[0]))
+    assert img.shape == (8, 8, 3) and (img[..., 0] == img[..., 2]).all()
+  assert _tensorboard_scalars(env.workdir)[(5, "eval/fid_twostep")] == (
+    pytest.approx(record["samplers"]["twostep"]["fid"], rel=1e-6)
+  )
+
+
+def _tensorboard_scalars(workdir):
+  import tensorflow as tf  # clu's writer already imported it.
+
+  out = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        out[(event.step, v.tag)] = float(tf.make_ndarray(v.tensor))
+  return out
+
+
+def test_jpeg_protocol_uneven_batches(env):
+  config = env.config.copy_and_resolve_references()
+  config.eval.save_images, config.eval.num_samples = "jpeg", 40
+  config.eval.samplers = ("onestep",)
+  params = env.state.ema(0.9)
+  save_dir = os.path.join(env.workdir, "jpeg")
+  feats = evaluate.sample_features(config, params, "onestep", 40, save_dir)
+  jpgs = sorted(glob.glob(os.path.join(save_dir, "*")))
+  assert len(jpgs) == 40 and jpgs[-1].endswith("000039.jpg")
+  assert feats.shape == (40, 2048)
+  jpeg = []
+  for path in jpgs[:32]:
+    with Image.open(path) as img:
+      assert img.format == "JPEG"
+      jpeg.append(np.asarray(img.convert("RGB")))
+  jpeg = np.stack(jpeg)
+  # FID saw the JPEG pixels, not the generated uint8 ones ...
+  f = evaluate.feature_fn(config.eval.inception_path, inception.MIN_SIZE)
+  np.testing.assert_allclose(feats[:32], f(jpeg), rtol=1e-5, atol=1e-5)
+  # ... which JPEG changed a little (same seed: the same samples).
+  diff = np.abs(jpeg.astype(int) - _onestep_uint8(config, params)).mean()
+  assert 0 < diff < 20
+
+
+def _onestep_uint8(config, params):
+  """The first generated batch, quantized on the host."""
+  frozen = ml_collections.FrozenConfigDict(config)
+  sigmas = sampling.samplers(config)["onestep"]
+  gen = evaluate._generator(frozen, sigmas, evaluate._mesh())
+  key = jax.random.fold_in(jax.random.key(config.eval.seed), 0)
+  x = gen(params, jax.random.fold_in(key, 0))
+  return np.repeat(sampling.to_uint8(x), 3, axis=-1).astype(int)
+
+
+def test_train_time_fid_logs_and_reuses_compiled_functions(env):
+  class Writer:
+    def __init__(self):
+      self.calls = []
+
+    def write_scalars(self, step, scalars):
+      self.calls.append((step, dict(scalars)))
+
+  writer = Writer()
+  first = evaluate.train_time_fid(env.config, env.state, 7, writer)
+  misses = (
+    evaluate.feature_fn.cache_info().misses,
+    evaluate._generator.cache_info().misses,
+  )
+  second = evaluate.train_time_fid(env.config, env.state, 8, writer)
+  assert misses == (
+    evaluate.feature_fn.cache_info().misses,
+    evaluate._generator.cache_info().misses,
+  )
+  keys = {f"train_eval/{m}_{s}" for m in ("fid", "precision", "recall")
+          for s in ("onestep", "twostep")}  # fmt: skip
+  assert set(first) == keys and all(math.isfinite(v) for v in first.values())
+  assert first == second  # Fixed seed: the same samples each time.
+  assert [c[0] for c in writer.calls] == [7, 8]
+
+
+def test_missing_files_and_bad_config_fail_clearly(env, tmp_path):
+  config = env.config.copy_and_resolve_references()
+  evaluate.check_eval_config(config)  # The complete config passes.
+  config.eval.ref_stats = str(tmp_path / "absent.npz")
+  with pytest.raises(FileNotFoundError, match="ref_stats=.*absent.npz.*"
+                     "python -m ilct_jax.evaluate --config"):  # fmt: skip
+    evaluate.run(config, env.workdir)
+  latent = config.copy_and_resolve_references()
+  latent.data.source = "latents"
+  with pytest.raises(FileNotFoundError, match="python -m ilct_jax.fid "):
+    evaluate.check_eval_config(latent)
+  cases = [
+    ("inception_path", str(tmp_path / "x.npz"), "convert_inception --pth"),
+    ("ref_features", str(tmp_path / "f.npy"), "ref_features=.*--features_out"),
+    ("save_images", "gif", "choose '', png or jpeg"),
+    ("batch_size", 12, "does not divide over 8 devices"),
+    ("samplers", ("threestep",), "must be in"),
+    ("ema_decay", 0.5, "0.5 is not tracked"),
+    ("train_num_samples", 1, "must be >= 2"),
+    ("inception_size", 64, "minimum 75; use 299"),
+  ]
+  for field, value, message in cases:
+    bad = env.config.copy_and_resolve_references()
+    bad.eval[field] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+      evaluate.check_eval_config(bad)
+  no_vae = env.config.copy_and_resolve_references()
+  no_vae.data.source = "latents"
+  with pytest.raises(ValueError, match="vae.path is empty.*convert_vae"):
+    evaluate.check_eval_config(no_vae)
+  np.save(tmp_path / "bad.npy", np.zeros(3))
+  bad = env.config.copy_and_resolve_references()
+  bad.eval.ref_features = str(tmp_path / "bad.npy")
+  with pytest.raises(ValueError, match="not an .npy of \\[N, D\\] features"):
+    evaluate.metrics_from_features(bad, env.real_feats)
+
+
+def test_frechet_low_rank_route_matches_closed_form():
+  rng = np.random.default_rng(0)
+  ref = rng.standard_normal((100, 32)) @ rng.standard_normal((32, 32)) / 6
+  mu_ref, sigma_ref = ref.mean(0), np.cov(ref, rowvar=False)
+  for n in (5, 20, 32, 50):  # N <= D: n x n eigh route; N > D: sqrtm route.
+    x = rng.standard_normal((n, 32)) + 0.3
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    w, v = np.linalg.eigh(sigma_ref)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)
+    want = (
+      np.sum((mu - mu_ref) ** 2) + np.trace(sigma) + np.trace(sigma_ref)
+      - 2 * np.sum(np.sqrt(inner))
+    )  # fmt: skip
+    got = evaluate.frechet_to(x, mu_ref, sigma_ref)
+    assert got == pytest.approx(want, rel=1e-6)
