@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.shuffle_buffer = 50_000  # Shuffle buffer for tf.data sources.
   data.prefetch = 2  # Batches prefetched to the devices.
   data.flip_double = False  # Images: add the mirror of every image (LSUN).
+  data.latent_dir = ""  # encode_latents output; the latents source reads it.
+  data.encode_batch = 64  # Images per VAE call per process (encode_latents).
+  data.encode_chunk = 1024  # Latents per resumable chunk file (encode_latents).
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
@@ -123,4 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
   ev.train_num_samples = 5_000  # Samples for FID during training.
   ev.save_images = ""  # '' | png | jpeg (JPEG quality 75, paper protocol).
   ev.step = -1  # Checkpoint step to evaluate (-1 = latest).
+  ev.ema_decay = -1.0  # EMA decay to evaluate (-1 = sample.ema_decay).
+  ev.seed = 42  # Sampling seed of FID samples (the reference used 42).
+  ev.inception_size = 299  # Inception input side; != 299 only for tests.
   return config
