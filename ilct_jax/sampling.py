@@ -87,14 +87,21 @@ def to_uint8(images: jax.Array) -> np.ndarray:
   return np.round(np.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def make_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
-  """Tiles uint8 [B, H, W, C] into one [rows*H, cols*W, C] image."""
+def make_grid(
+  images: np.ndarray, cols: int | None = None, pad: int = 1, fill: int = 128
+) -> np.ndarray:
+  """Tiles uint8 [B, H, W, C] into one image with `pad`-pixel gray gutters."""
   b, h, w, c = images.shape
   cols = cols or int(np.ceil(np.sqrt(b)))
   rows = int(np.ceil(b / cols))
-  pad = np.zeros((rows * cols - b, h, w, c), images.dtype)
-  tiles = np.concatenate([images, pad]).reshape(rows, cols, h, w, c)
-  return tiles.transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
+  hp, wp = h + pad, w + pad
+  grid = np.full((rows * hp + pad, cols * wp + pad, c), fill, images.dtype)
+  for i in range(b):
+    r, q = divmod(i, cols)
+    grid[pad + r * hp : pad + r * hp + h, pad + q * wp : pad + q * wp + w] = (
+      images[i]
+    )
+  return grid
 
 
 def save_png(path: str, grid: np.ndarray, upscale: int = 1) -> None:

@@ -66,5 +66,12 @@ def test_to_uint8_and_grid():
   imgs = jnp.array([-1.0, -0.5, 0.0, 1.0, 2.0]).reshape(5, 1, 1, 1)
   u8 = sampling.to_uint8(imgs)
   assert u8.ravel().tolist() == [0, 64, 128, 255, 255]
-  grid = sampling.make_grid(np.ones((5, 2, 3, 1), np.uint8))
-  assert grid.shape == (2 * 2, 3 * 3, 1) and grid.sum() == 5 * 6
+  tiles = np.arange(1, 6, dtype=np.uint8)[:, None, None, None] * np.ones(
+    (5, 2, 3, 1), np.uint8
+  )
+  grid = sampling.make_grid(tiles, pad=1, fill=0)
+  # 2 rows x 3 cols of 2x3 tiles with 1-pixel gutters; row-major order.
+  assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
+  assert grid[1, 1, 0] == 1 and grid[1, 5, 0] == 2 and grid[4, 1, 0] == 4
+  assert grid.sum() == sum(k * 6 for k in range(1, 6))
+  assert sampling.make_grid(tiles, pad=0).shape == (4, 9, 1)
