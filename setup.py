@@ -24,6 +24,10 @@ INSTALL_REQUIRES = [
   "tensorflow-cpu>=2.18,<2.22",
   "tensorflow-datasets>=4.9.7,<4.10",
   "tensorboard>=2.18,<2.22",
+  # Encoded latents are ArrayRecord files (random access per process); tfds
+  # needs importlib_resources to build builders that live outside its package.
+  "array_record>=0.5",
+  "importlib_resources>=6",
 ]
 
 EXTRAS = {

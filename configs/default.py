@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- data
   config.data = data = ml_collections.ConfigDict()
   data.source = "latents"  # digits | latents | images (tfds image builder).
-  data.name = "celeb_a_hq_latents"  # Dataset name for the tfds sources.
+  data.name = "celeb_a_hq_folder/256"  # tfds image dataset (encode / images).
   data.data_dir = (
     ""  # tfds data_dir ('' = tfds default, ~/tensorflow_datasets).
   )
@@ -28,7 +28,6 @@ def get_config() -> ml_collections.ConfigDict:
   data.channels = 4  # Channels of a training example (4 for SD latents).
   data.stats_path = ""  # .npz with per-element latent mean/std (latents only).
   data.num_examples = -1  # -1 = read the size from the dataset itself.
-  data.shuffle_buffer = 50_000  # Shuffle buffer for tf.data sources.
   data.prefetch = 2  # Batches prefetched to the devices.
   data.flip_double = False  # Images: add the mirror of every image (LSUN).
   data.latent_dir = ""  # encode_latents output; the latents source reads it.

@@ -45,8 +45,10 @@ def image_decoder(
     return lambda x: x
   if not config.vae.path:
     return None
+  from ilct_jax import latent_data  # stats_path falls back to latent_dir.
+
   shape = state_lib.example_shape(config)
-  return _decoder(config.vae.path, config.data.stats_path, shape)
+  return _decoder(config.vae.path, latent_data.stats_path(config), shape)
 
 
 def sample_data(

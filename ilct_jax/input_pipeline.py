@@ -12,6 +12,9 @@ Sources (`data.source`):
            the built-in demo), upsampled to data.image_size, in [-1, 1].
   latents  SD-VAE latents written by `encode_latents`, normalized with their
            per-element statistics (ilct_jax.latent_data).
+  images   a tfds image split (data.name), center-cropped and resized to
+           data.image_size, in [-1, 1] (pixel mode, ilct_jax.image_data).
+All three are random-access arrays read through `ArraySource`.
 """
 
 import os
@@ -24,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-SOURCES = ("digits", "latents")
+SOURCES = ("digits", "latents", "images")
 DIGITS_PATH = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
 
 
@@ -90,6 +93,10 @@ def _source(config: ml_collections.ConfigDict):
     from ilct_jax import latent_data  # Encoded SD-VAE latents.
 
     src = latent_data.make_source(config)
+  elif d.source == "images":
+    from ilct_jax import image_data  # A tfds image split (pixel mode).
+
+    src = image_data.make_source(config)
   else:
     raise ValueError(
       f"data.source={d.source!r} is unknown; choose one of {', '.join(SOURCES)}"

@@ -1,4 +1,4 @@
-"""The hot path (model, losses, coupling, step, sampling, benchmark) has no TF."""
+"""The hot path (model, losses, coupling, step, sampling) has no TF."""
 
 import subprocess
 import sys

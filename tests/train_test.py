@@ -10,9 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, config_checks, generate, input_pipeline
+from ilct_jax import (
+  checkpointing,
+  config_checks,
+  generate,
+  input_pipeline,
+  train,
+)
 from ilct_jax import state as state_lib
-from ilct_jax import train
 
 
 class _Crash(Exception):

@@ -1,1 +1,11 @@
-"""tensorflow-datasets builders for the image sets the paper trained on."""
+"""tensorflow-datasets builders for the image sets the paper trained on.
+
+Importing this package registers "local_image_folder", "celeb_a_hq_folder"
+and "ffhq_folder" with tfds. LSUN Church uses tfds' own "lsun/church_outdoor"
+(see docs/DATA.md for its manual download step). Build any of them with
+`python -m ilct_jax.datasets.build --dataset=NAME/SIZE --manual_dir=FOLDER`.
+"""
+
+from ilct_jax.datasets import celeb_a_hq, ffhq, image_folder
+
+__all__ = ["celeb_a_hq", "ffhq", "image_folder"]

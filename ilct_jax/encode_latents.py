@@ -1,0 +1,439 @@
+"""Encodes an image split into SD-VAE latents once, resumably, for training.
+
+  python -m ilct_jax.encode_latents --config=configs/celeba.py \
+    --workdir=/data/latents/celeb_a_hq
+
+reads the tfds image split `data.name`:`data.split` (built with
+`ilct_jax.datasets.build`), preprocesses each image to 8 * data.image_size
+pixels (image_data.py; with `data.flip_double` the mirrors are added as rows
+N..2N-1), encodes it with the VAE at `vae.path`, and stores
+`posterior.sample() * 0.18215` (ALGORITHM.md section 10) in the format of
+latent_data.py, plus the per-element mean/std of stored / 0.18215 over the
+whole set (unbiased std, NHWC) in stats.npz. The output directory is
+`--workdir`, or `data.latent_dir` when --workdir is not given.
+
+Determinism and resume: the work is cut into fixed chunks of
+`data.encode_chunk` examples; each finished chunk is one ArrayRecord file,
+renamed into place only when complete. The posterior noise of example i uses
+the key fold_in(fold_in(key(seed), 1), i), independent of batching, process
+and device count, so a rerun after an interruption skips the finished chunks
+and produces the same dataset as an uninterrupted run. manifest.json is
+written last; a finished directory is refused unless --overwrite.
+
+Multi-host: process p of P encodes the contiguous chunk range [J*p/P,
+J*(p+1)/P) (the tfds.split_for_jax_process rule) on a mesh of its own
+devices: encoding has no cross-example communication, so a mesh spanning
+hosts would only force the hosts into lockstep. After a barrier process 0
+merges the per-chunk moments and writes stats.npz and the manifest. The
+output directory must be shared by all hosts.
+"""
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ilct_jax import autoencoder, image_data, latent_data, latents
+
+# Folded into the seed so encoding noise is a stream of its own (the training
+# step derives its keys from the same config seed).
+_ENCODE_STREAM = 1
+# Fields of plan.json that must match for a rerun to resume a partial run.
+_RESUME_KEYS = ("format", "split", "source", "seed", "num_examples", "shape")
+_RESUME_KEYS += ("chunk_size", "vae_fingerprint")
+_LOG_EVERY_S = 10.0  # Progress lines at most this often.
+
+
+def owned_chunks(num_chunks: int, index: int, count: int) -> range:
+  """Chunks of process `index` of `count`: a contiguous, even range."""
+  return range(num_chunks * index // count, num_chunks * (index + 1) // count)
+
+
+def chunk_bounds(j: int, chunk: int, total: int) -> tuple[int, int]:
+  """Example range [lo, hi) of chunk j."""
+  return j * chunk, min((j + 1) * chunk, total)
+
+
+def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
+  """What will be encoded; plan.json, and the manifest's core."""
+  d = config.data
+  n = n_images * (2 if d.flip_double else 1)
+  factor = vae.downsample_factor
+  chunk = int(d.encode_chunk)
+  if chunk < 1 or n < 2:
+    raise ValueError(
+      f"need data.encode_chunk >= 1 (got {chunk}) and at least 2 examples "
+      f"(got {n}) to encode and compute statistics"
+    )
+  return {
+    "format": latent_data.FORMAT,
+    "complete": False,
+    "split": d.split,
+    "source": {
+      "name": d.name,
+      "split": d.split,
+      "data_dir": d.data_dir,
+      "images": n_images,
+      "flip_double": bool(d.flip_double),
+      "image_size": d.image_size * factor,
+    },
+    "vae": {"path": os.path.abspath(config.vae.path)},
+    "vae_fingerprint": latent_data.vae_fingerprint(config.vae.path),
+    "seed": int(config.seed),
+    "num_examples": n,
+    "shape": [d.image_size, d.image_size, vae.latent_channels],
+    "dtype": "float32",
+    "scaling_factor": latents.SCALING_FACTOR,
+    "chunk_size": chunk,
+    "num_chunks": -(-n // chunk),
+  }
+
+
+def _path(out_dir: str, name: str) -> str:
+  return os.path.join(out_dir, name)
+
+
+def _shards(plan: dict) -> list[str]:
+  count = plan["num_chunks"]
+  return [latent_data.shard_name(plan["split"], j, count) for j in range(count)]
+
+
+def _ours(out_dir: str) -> list[str]:
+  """Files this job writes in `out_dir` (never anything else)."""
+  names = [latent_data.MANIFEST, latent_data.STATS, latent_data.PLAN]
+  for name in sorted(os.listdir(out_dir)):
+    if name.startswith("latents-") or name.endswith(".tmp"):
+      names.append(name)
+  return [n for n in names if os.path.exists(_path(out_dir, n))]
+
+
+def _write_json(path: str, obj: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(path + ".tmp", path)  # Atomic: never a half-written file.
+
+
+def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
+  """Refuses a finished or different dataset (unless overwrite); writes plan.
+
+  Args:
+    out_dir: output directory (created if needed).
+    plan: from `make_plan`.
+    overwrite: delete this job's files in `out_dir` and start over.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  if overwrite:
+    for name in _ours(out_dir):  # manifest first: stop looking finished.
+      os.remove(_path(out_dir, name))
+  if os.path.exists(_path(out_dir, latent_data.MANIFEST)):
+    raise FileExistsError(
+      f"{out_dir} already holds a finished latent dataset "
+      f"({latent_data.MANIFEST}); pass --overwrite to encode it again"
+    )
+  plan_path = _path(out_dir, latent_data.PLAN)
+  if os.path.exists(plan_path):
+    with open(plan_path) as f:
+      old = json.load(f)
+    diff = [k for k in _RESUME_KEYS if old.get(k) != plan[k]]
+    if diff:
+      raise ValueError(
+        f"{out_dir} holds a partial encode with different {', '.join(diff)}"
+        " (another dataset, seed or VAE); pass --overwrite to start over or"
+        " use another --workdir"
+      )
+    logging.info("Resuming the partial encode in %s", out_dir)
+  _write_json(plan_path, plan)
+
+
+class _Progress:
+  """Logs examples done, rate and ETA at most every _LOG_EVERY_S seconds."""
+
+  def __init__(self, todo: int, label: str):
+    self.todo, self.done, self.label = todo, 0, label
+    self.start = self.last = time.perf_counter()
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.perf_counter()
+    if now - self.last < _LOG_EVERY_S and self.done < self.todo:
+      return
+    self.last = now
+    rate = self.done / max(now - self.start, 1e-9)
+    eta = (self.todo - self.done) / max(rate, 1e-9)
+    logging.info(
+      "%s: %d/%d examples (%.1f%%), %.1f images/s, ETA %dm%02ds",
+      self.label,
+      self.done,
+      self.todo,
+      100.0 * self.done / max(self.todo, 1),
+      rate,
+      *divmod(int(eta), 60),
+    )
+
+
+def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
+  """(vae, fn(images, indices) -> stored latents as np.ndarray, batch).
+
+  `fn` runs the jitted encoder over `mesh` (batch on "data") and draws each
+  example's posterior sample with the key of its global index.
+  """
+  from ilct_jax.models import vae as vae_lib
+
+  if not config.vae.path:
+    raise ValueError(
+      "vae.path is empty; convert the SD VAE first (`python -m "
+      "ilct_jax.convert_vae`) and set --config.vae.path=DIR"
+    )
+  vae, params = vae_lib.load_vae(config.vae.path)
+  codec = autoencoder.make_codec(vae, params, mesh)
+  data = NamedSharding(mesh, P("data"))
+  base = jax.random.fold_in(jax.random.key(config.seed), _ENCODE_STREAM)
+
+  @jax.jit
+  def sample(mean, logvar, index):
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+    return jax.vmap(autoencoder.sample_latents)(keys, mean, logvar)
+
+  devices = mesh.shape["data"]
+  batch = -(-max(int(config.data.encode_batch), 1) // devices) * devices
+
+  def encode(images: np.ndarray, index: np.ndarray) -> np.ndarray:
+    n = len(images)
+    pad = batch - n  # The last batch of a chunk is padded, then cut.
+    images = np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0)))
+    index = jax.device_put(np.pad(index, (0, pad)).astype(np.int32), data)
+    mean, logvar = codec.encode(images)
+    return np.asarray(sample(mean, logvar, index))[:n]
+
+  return vae, encode, batch
+
+
+def encode_chunk(encode: Callable, images, lo: int, hi: int, batch: int):
+  """Stored latents of examples [lo, hi), reading the next batch meanwhile."""
+  starts = list(range(lo, hi, batch))
+
+  def rows(start: int) -> np.ndarray:
+    return np.arange(start, min(start + batch, hi))
+
+  out = []
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    pending = pool.submit(images.__getitem__, rows(starts[0]))
+    for i, start in enumerate(starts):
+      pixels = pending.result()
+      if i + 1 < len(starts):
+        pending = pool.submit(images.__getitem__, rows(starts[i + 1]))
+      out.append(encode(pixels, rows(start)))
+  return np.concatenate(out)
+
+
+def chunk_moments(stored: np.ndarray) -> dict[str, np.ndarray]:
+  """Count, mean and sum of squared deviations of stored / 0.18215 (f64)."""
+  x = np.asarray(stored, np.float64) / latents.SCALING_FACTOR
+  mean = x.mean(axis=0)
+  return {
+    "count": np.array(len(x)),
+    "mean": mean,
+    "m2": ((x - mean) ** 2).sum(0),
+  }
+
+
+def write_chunk(out_dir: str, shard: str, stored: np.ndarray) -> None:
+  """Writes the moments, then the records; the records' rename ends it."""
+  from array_record.python import array_record_module
+
+  moments = _path(out_dir, latent_data.moments_name(shard))
+  np.savez(moments + ".tmp.npz", **chunk_moments(stored))
+  os.replace(moments + ".tmp.npz", moments)
+  tmp = _path(out_dir, shard + ".tmp")
+  # One record per group, uncompressed: a read is one pread, no decoding
+  # (float noise barely compresses; this doubled the batch rate here).
+  options = "group_size:1,uncompressed"
+  writer = array_record_module.ArrayRecordWriter(tmp, options)
+  for row in np.asarray(stored, "<f4"):
+    writer.write(row.tobytes())
+  writer.close()
+  os.replace(tmp, _path(out_dir, shard))
+
+
+def encode_part(
+  config: ml_collections.ConfigDict,
+  out_dir: str,
+  plan: dict,
+  *,
+  process_index: int,
+  process_count: int,
+  mesh: Mesh | None = None,
+) -> int:
+  """Encodes the unfinished chunks of one process; returns examples encoded.
+
+  Args:
+    config: the full config (data.*, vae.path, seed).
+    out_dir: the prepared output directory (`prepare_dir`).
+    plan: the plan written there.
+    process_index: this process (a parameter so tests can simulate hosts).
+    process_count: number of processes sharing the work.
+    mesh: devices to encode on (default: this process's devices).
+  """
+  mesh = mesh or Mesh(np.array(jax.local_devices()), ("data",))
+  shards = _shards(plan)
+  mine = owned_chunks(len(shards), process_index, process_count)
+  todo = [j for j in mine if not os.path.exists(_path(out_dir, shards[j]))]
+  n, size = plan["num_examples"], plan["chunk_size"]
+  bounds = [chunk_bounds(j, size, n) for j in todo]
+  count = sum(hi - lo for lo, hi in bounds)
+  logging.info(
+    "Process %d/%d: %d of its %d chunks to encode (%d examples)",
+    process_index,
+    process_count,
+    len(todo),
+    len(mine),
+    count,
+  )
+  if not todo:
+    return 0
+  _, encode, batch = make_encoder(config, mesh)
+  images = image_data.make_array(config, plan["source"]["image_size"])
+  progress = _Progress(count, f"encode {plan['source']['name']}")
+  for j, (lo, hi) in zip(todo, bounds):
+    write_chunk(out_dir, shards[j], encode_chunk(encode, images, lo, hi, batch))
+    progress.update(hi - lo)
+  return count
+
+
+def merge_moments(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
+  """(mean, unbiased std, count) from per-chunk moments (Chan et al. 1979).
+
+  Pairwise update: n = na + nb, mean = ma + d * nb / n,
+  M2 = M2a + M2b + d^2 * na * nb / n with d = mb - ma, all in float64.
+  """
+  count, mean, m2 = 0, None, None
+  for p in parts:
+    nb, mb, m2b = int(p["count"]), p["mean"], p["m2"]
+    if mean is None:
+      count, mean, m2 = nb, mb.copy(), m2b.copy()
+      continue
+    total = count + nb
+    delta = mb - mean
+    mean = mean + delta * (nb / total)
+    m2 = m2 + m2b + delta**2 * (count * nb / total)
+    count = total
+  std = np.sqrt(m2 / (count - 1))
+  return mean.astype(np.float32), std.astype(np.float32), count
+
+
+def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
+  """Stats from the chunk moments, then the manifest (written last)."""
+  shards = _shards(plan)
+  missing = [s for s in shards if not os.path.exists(_path(out_dir, s))]
+  if missing:
+    raise RuntimeError(
+      f"{len(missing)} of {len(shards)} latent chunks are missing in "
+      f"{out_dir} (e.g. {missing[0]}); re-run encode_latents to finish them"
+    )
+  parts = []
+  for shard in shards:
+    with np.load(_path(out_dir, latent_data.moments_name(shard))) as f:
+      parts.append({k: f[k] for k in f.files})
+  mean, std, count = merge_moments(parts)
+  if count != plan["num_examples"]:
+    raise RuntimeError(
+      f"chunks hold {count} latents, the plan says {plan['num_examples']}; "
+      "re-run encode_latents with --overwrite"
+    )
+  latents.save_stats(_path(out_dir, latent_data.STATS), mean, std)
+  manifest = dict(plan, complete=True, files=shards, stats=latent_data.STATS)
+  manifest["vae"] = dict(plan["vae"], fingerprint=plan["vae_fingerprint"])
+  manifest["source"] = dict(plan["source"], corrupt_skipped=corrupt)
+  _write_json(_path(out_dir, latent_data.MANIFEST), manifest)
+  return manifest
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def run(
+  config: ml_collections.ConfigDict, out_dir: str, overwrite: bool = False
+) -> dict[str, Any]:
+  """Encodes (or resumes encoding) the configured split into `out_dir`.
+
+  Returns:
+    The manifest (process 0), or the plan on the other processes.
+  """
+  from ilct_jax.models import vae as vae_lib
+
+  d = config.data
+  if not config.vae.path:
+    raise ValueError(
+      "vae.path is empty; convert the SD VAE first (`python -m "
+      "ilct_jax.convert_vae`) and set --config.vae.path=DIR"
+    )
+  vae, _ = vae_lib.load_vae(config.vae.path)
+  if vae.latent_channels != d.channels:
+    raise ValueError(
+      f"the VAE makes {vae.latent_channels}-channel latents but data.channels"
+      f"={d.channels}; set data.channels={vae.latent_channels}"
+    )
+  n_images = len(image_data.open_split(d.name, d.split, d.data_dir))
+  plan = make_plan(config, vae, n_images)
+  if jax.process_index() == 0:
+    prepare_dir(out_dir, plan, overwrite)
+  _sync("encode_latents_plan")
+  index, count = jax.process_index(), jax.process_count()
+  encode_part(config, out_dir, plan, process_index=index, process_count=count)
+  _sync("encode_latents_chunks")
+  if jax.process_index() != 0:
+    return plan
+  corrupt = image_data.corrupt_count(d.name, d.data_dir)
+  return finalize(out_dir, plan, corrupt)
+
+
+def _main(argv: list[str]) -> None:
+  del argv
+  from absl import flags
+
+  flags_ = flags.FLAGS
+  # As main.py: the noise of a key must not depend on the JAX default.
+  jax.config.update("jax_threefry_partitionable", True)
+  if flags_.distributed:
+    jax.distributed.initialize()
+  config = flags_["config"].value
+  out_dir = flags_.workdir or config.data.latent_dir
+  if not out_dir:
+    sys.exit("error: give --workdir=DIR or set --config.data.latent_dir=DIR")
+  try:
+    manifest = run(config, os.path.expanduser(out_dir), flags_.overwrite)
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  if jax.process_index() == 0:
+    skipped = manifest["source"].get("corrupt_skipped")
+    print(
+      f"wrote {manifest['num_examples']} latents {manifest['shape']} and "
+      f"{latent_data.STATS} to {out_dir}; corrupt images skipped at build: "
+      f"{'unknown' if skipped is None else skipped}. Train with "
+      f"--config.data.latent_dir={out_dir}"
+    )
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Config file.")
+  flags.DEFINE_string("workdir", None, "Output dir (default data.latent_dir).")
+  flags.DEFINE_bool("overwrite", False, "Re-encode a finished directory.")
+  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+  flags.mark_flags_as_required(["config"])
+  app.run(_main)
