@@ -34,51 +34,16 @@ Uncertain: the authors picked the best of epochs 1300-1400 and of several
 EMAs; the FID reference folder may hold 30k real images (ALGORITHM 15, 17).
 """
 
-import os
-
 import ml_collections
 
-from configs import default
+from configs import default, recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
   """Returns the CelebA-HQ 256 config."""
   config = default.get_config()
-
-  # --- data
-  data = config.data
-  data.source = "latents"
-  data.name = "celeb_a_hq_folder/256"  # Image split that encode_latents reads.
-  data.split = "train"
-  data.image_size = 32  # Latent side: 256 / 8.
-  data.channels = 4
-  data.flip_double = False  # The CelebA run used no flips (ALGORITHM 10).
-  # stats_path follows latent_dir unless overridden itself.
-  latent_dir = ml_collections.FieldReference(
-    os.path.expanduser("~/ilct_data/latents/celeb_a_hq")
-  )
-  data.latent_dir = latent_dir
-  data.stats_path = latent_dir + "/stats.npz"
-  data.num_examples = -1  # From the dataset's manifest (27,000 in the paper).
-  config.vae.path = os.path.expanduser("~/ilct_data/vae/sd-vae-ft-ema")
-  # --- end data
-
-  # --- recipe (the paper's, ALGORITHM 13/18; most of it is the default)
-  # UNet: 128 ch, mult 1-2-3-4, 4 blocks, attention at 16 and 8, NsLN on
-  # every norm, dropout 0. CT: Cauchy on the per-sample mean, adaptive c,
-  # diffusion loss x5 at i >= floor(0.75 N), exact OT over the batch,
-  # curriculum 10 -> 640, lognormal(-1.1, 2.0) indices, 1/dsigma weights.
-  # RAdam lr 1e-4 with coupled L2 1e-4, constant lr, no clipping.
-  config.model.norm = "nsln"
-  config.ct.loss = "cauchy"
-  config.ct.c_schedule = "adaptive"
-  config.ct.diffusion_loss = True
-  config.coupling.method = "exact"
-  config.ct.end_scales = 640
-  config.ema.decays = (0.999, 0.9999, 0.99993, 0.99995)
-  config.sample.ema_decay = 0.99993  # The EMA of the paper's numbers.
-  config.sample.grid_scales = 640
-  config.sample.ts = (0, 420, 640)  # 2-step: sigma_420 = 0.5286.
+  recipe.latent_data(config, "celeb_a_hq_folder/256", "celeb_a_hq", flip=False)
+  recipe.paper_recipe(config)
   config.train.batch_size = 128
   config.train.epochs = 1400
   return config
