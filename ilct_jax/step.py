@@ -65,6 +65,27 @@ def _ct_loss(
   return total, metrics
 
 
+def _paired_noise(
+  key: jax.Array,
+  x0: jax.Array,
+  cfg: ml_collections.ConfigDict,
+  mesh: Mesh | None,
+) -> jax.Array:
+  """Unit Gaussian noise, OT-paired with the data (ALGORITHM 9)."""
+  noise = jax.random.normal(key, x0.shape, jnp.float32)
+  if cfg.method == "none":
+    return noise
+  return coupling.pair(
+    x0,
+    noise,
+    method=cfg.method,
+    scope=cfg.scope,
+    mesh=mesh,
+    epsilon=cfg.epsilon,
+    iterations=cfg.iterations,
+  )
+
+
 def train_step(
   state: state_lib.TrainState,
   batch: jax.Array,
@@ -91,17 +112,7 @@ def train_step(
   key = jax.random.fold_in(jax.random.key(config.seed), state.step)
   key_noise, key_idx, key_drop = jax.random.split(key, 3)
   x0 = batch.astype(jnp.float32)
-  noise = jax.random.normal(key_noise, x0.shape, jnp.float32)
-  if config.coupling.method != "none":
-    noise = coupling.pair(
-      x0,
-      noise,
-      method=config.coupling.method,
-      scope=config.coupling.scope,
-      mesh=mesh,
-      epsilon=config.coupling.epsilon,
-      iterations=config.coupling.iterations,
-    )
+  noise = _paired_noise(key_noise, x0, config.coupling, mesh)
   num = consistency.num_scales(
     state.step, total_steps, ct.start_scales, ct.end_scales
   )
