@@ -95,6 +95,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   target = state_lib.create_train_state(config, mesh)
   step = None if config.sample.step < 0 else config.sample.step
   state, _ = checkpointing.restore(mngr, config, target, step)
+  mngr.close()
   step = int(jax.device_get(state.step))
   params = state.ema(config.sample.ema_decay)
   decode = image_decoder(config)

@@ -123,8 +123,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   mngr = checkpointing.create_manager(workdir, config.train)
   state = state_lib.create_train_state(config, mesh)
   if mngr.latest_step() is not None:
-    state, saved = checkpointing.restore(mngr, config, state)
-    checkpointing.check_meta(saved, meta)
+    try:
+      state, saved = checkpointing.restore(mngr, config, state)
+      checkpointing.check_meta(saved, meta)
+    except Exception:
+      mngr.close()  # A refused resume leaves no orbax threads behind.
+      raise
   start = int(jax.device_get(state.step))
   writer = metric_writers.create_default_writer(
     workdir, just_logging=jax.process_index() > 0
@@ -141,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     mngr.wait_until_finished()  # Let an in-flight save finish, even on error.
   final = int(jax.device_get(state.step))
   checkpointing.save(mngr, state, meta, step=final, force=True)
-  mngr.wait_until_finished()
+  mngr.close()  # Waits for the save, then releases orbax's threads.
   if final == steps and config.train.sample_every:
     if steps % config.train.sample_every:
       write_samples(config, state, writer, workdir, steps)

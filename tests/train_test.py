@@ -58,6 +58,7 @@ def test_crash_then_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
     train.train_and_evaluate(tiny_config, workdir)
   mngr = checkpointing.create_manager(workdir, tiny_config.train)
   assert mngr.all_steps() == [3]  # ckpt_every=3: the step-3 save finished.
+  mngr.close()
   monkeypatch.undo()
 
   resumed = train.train_and_evaluate(tiny_config, workdir)
@@ -79,6 +80,7 @@ def test_crash_then_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
   # A finished run started again does nothing and keeps its checkpoints.
   again = train.train_and_evaluate(tiny_config, workdir)
   assert int(again.step) == 6 and mngr.all_steps() == [3, 6]
+  mngr.close()
 
   # --mode=sample from the same workdir writes grids and arrays.
   written = generate.run(tiny_config, workdir)
@@ -130,6 +132,7 @@ def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
   chex.assert_trees_all_equal(
     jax.device_get(a.params), jax.device_get(b.params)
   )
+  mngr.close()
 
 
 def test_never_checkpoints_nan_params(tiny_config, tmp_path):
@@ -144,6 +147,7 @@ def test_never_checkpoints_nan_params(tiny_config, tmp_path):
   with pytest.raises(FloatingPointError, match="not finite"):
     checkpointing.save(mngr, bad, {}, step=1, force=True)
   assert mngr.all_steps() == []
+  mngr.close()
 
 
 def test_batch_must_divide_over_devices(tiny_config, tmp_path):
