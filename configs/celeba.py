@@ -3,11 +3,11 @@
 Data (docs/DATA.md has the details):
   1. Put the CelebA-HQ images in a folder; the paper trained on 27,000 of the
      30,000 (a 27k/3k split, ALGORITHM.md section 10): put those in train/.
-  2. python -m ilct_jax.datasets.build --dataset=celeb_a_hq_folder/256 \
+  2. python -m ilct_jax.data.build --dataset=celeb_a_hq_folder/256 \
        --manual_dir=/path/to/celeba_hq
-  3. python -m ilct_jax.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
+  3. python -m ilct_jax.models.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
        --out=$HOME/ilct_data/vae/sd-vae-ft-ema
-  4. python -m ilct_jax.encode_latents --config=configs/celeba.py
+  4. python -m ilct_jax.data.encode --config=configs/celeba.py
      (writes ~/ilct_data/latents/celeb_a_hq, resumable; its stats.npz is
      data.stats_path)
   num_examples is read from the encoded dataset and epochs become steps as

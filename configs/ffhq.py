@@ -3,11 +3,11 @@
 Data (docs/DATA.md has the details):
   1. Put the 70,000 FFHQ PNGs (images1024x1024 with its numbered subfolders)
      in a folder.
-  2. python -m ilct_jax.datasets.build --dataset=ffhq_folder/256 \
+  2. python -m ilct_jax.data.build --dataset=ffhq_folder/256 \
        --manual_dir=/path/to/ffhq
-  3. python -m ilct_jax.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
+  3. python -m ilct_jax.models.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
        --out=$HOME/ilct_data/vae/sd-vae-ft-ema
-  4. python -m ilct_jax.encode_latents --config=configs/ffhq.py
+  4. python -m ilct_jax.data.encode --config=configs/ffhq.py
      (writes ~/ilct_data/latents/ffhq, resumable)
   num_examples is read from the encoded dataset (70,000).
 

@@ -5,10 +5,10 @@ Data (docs/DATA.md has the details):
      into <data_dir>/downloads/manual/; tfds' lsun builder reads the LMDB
      with tensorflow-io. (Or export the LMDB to JPGs and build
      local_image_folder/256 from them, then set data.name to that.)
-  2. python -m ilct_jax.datasets.build --dataset=lsun/church_outdoor
-  3. python -m ilct_jax.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
+  2. python -m ilct_jax.data.build --dataset=lsun/church_outdoor
+  3. python -m ilct_jax.models.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
        --out=$HOME/ilct_data/vae/sd-vae-ft-ema
-  4. python -m ilct_jax.encode_latents --config=configs/lsun_church.py
+  4. python -m ilct_jax.data.encode --config=configs/lsun_church.py
      (center-crops each image to 256x256; flip_double adds every mirror, as
      the paper's pre-flipped set; writes ~/ilct_data/latents/lsun_church)
   num_examples is read from the encoded dataset (2x the images).

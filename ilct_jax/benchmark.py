@@ -1,6 +1,6 @@
 """Speed and memory figures: `python -m ilct_jax.benchmark --config=...`.
 
-Modes (`--mode`):
+Every timing loop of the project lives here. Modes (`--mode`):
   train    the real jitted train step of the config: compile time, number of
            compiles across a curriculum stage change, steps/s and images/s
            (median over timed steps after warm-up), memory.
@@ -16,27 +16,40 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from ilct_jax import consistency
+from ilct_jax import consistency, coupling, parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
+from ilct_jax.evaluation import features
+from ilct_jax.models import autoencoder, inception
+from ilct_jax.models import vae as vae_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/demo.py", "Config to benchmark.", lock_config=True
-)
-_MODE = flags.DEFINE_enum(
-  "mode", "train", ["train", "recipes", "ot", "vae", "fid"], "What to time."
-)
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed warm-up steps.")
-_BATCH = flags.DEFINE_integer("batch", 128, "Batch for --mode=ot.")
-_DIM = flags.DEFINE_integer("dim", 4096, "Flattened size for --mode=ot.")
+MODES = ("train", "recipes", "ot", "vae", "fid")
+
+
+def time_calls(fn: Callable[..., Any], args: tuple, repeats: int):
+  """(first call seconds, median seconds of `repeats` more calls).
+
+  Each call is waited for (`block_until_ready`); the first one includes the
+  compile unless this process already compiled the same program.
+  """
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
 
 
 def _stage_boundary(config: ml_collections.ConfigDict, total: int) -> int:
@@ -58,7 +71,7 @@ def time_train_step(
   The state starts `warmup` steps before the first curriculum stage change,
   so the timed steps cross it; `compiles` counts jit cache entries after.
   """
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   total = max(config.train.num_steps, 1000)
   boundary = _stage_boundary(config, total)
   fn = step_lib.compile_train_step(config, mesh, total)
@@ -67,7 +80,7 @@ def time_train_step(
   shape = (config.train.batch_size, *state_lib.example_shape(config))
   rng = np.random.default_rng(0)
   batch = jax.device_put(
-    rng.normal(0, 0.5, shape).astype(np.float32), step_lib.batch_sharding(mesh)
+    rng.normal(0, 0.5, shape).astype(np.float32), parallel.batch_sharding(mesh)
   )
   t0 = time.perf_counter()
   state, metrics = fn(state, batch)
@@ -135,6 +148,97 @@ def compare_recipes(config, steps: int, warmup: int) -> dict[str, dict]:
   }
 
 
+_OT_SOLVERS = {
+  "exact": lambda x, z: coupling.assignment(x, z, method="exact"),
+  "exact_crouse": coupling.crouse_assignment,
+  "sinkhorn": lambda x, z: coupling.assignment(x, z, method="sinkhorn"),
+}
+
+
+def time_ot(batch: int = 128, dim: int = 4096, repeats: int = 10) -> dict:
+  """Times the jitted assignment solvers on the default device.
+
+  Args:
+    batch: batch size B.
+    dim: flattened sample size D (4096 = 32x32x4 CelebA-HQ latents).
+    repeats: timed calls per solver after one compile call.
+
+  Returns:
+    For each solver `<name>_median_s` (median seconds of one call) and
+    `<name>_first_call_s` (the first call, which compiles), plus the device
+    and the shape.
+  """
+  key_x, key_z = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(key_x, (batch, dim), jnp.float32)
+  z = jax.random.normal(key_z, (batch, dim), jnp.float32)
+  device = jax.devices()[0]
+  figures = {
+    "device": f"{device} ({device.device_kind})",
+    "batch": batch,
+    "dim": dim,
+  }
+  for name, fn in _OT_SOLVERS.items():
+    first, median = time_calls(jax.jit(fn), (x, z), repeats)
+    figures[f"{name}_first_call_s"] = first
+    figures[f"{name}_median_s"] = median
+  return figures
+
+
+def time_vae(
+  image_size: int = 256, batch: int = 4, repeats: int = 3
+) -> dict[str, Any]:
+  """Encode/decode throughput of the SD VAE (random params), one device.
+
+  Returns:
+    images/s for encode and decode, the compile (first-call) seconds, the
+    parameter count and the device.
+  """
+  vae = vae_lib.AutoencoderKL()
+  key_img, key_z = jax.random.split(jax.random.key(0))
+  params = vae_lib.random_params(vae)
+  codec = autoencoder.make_codec(
+    vae, params, parallel.make_mesh(jax.devices()[:1])
+  )
+  shape = (batch, image_size, image_size, vae.in_channels)
+  images = jax.random.uniform(key_img, shape, minval=-1.0, maxval=1.0)
+  enc_first, enc_s = time_calls(codec.encode, (images,), repeats)
+  latents = codec.sample_latents(key_z, *codec.encode(images))
+  dec_first, dec_s = time_calls(codec.decode, (latents,), repeats)
+  return {
+    "device": str(jax.devices()[0]),
+    "image_size": image_size,
+    "batch": batch,
+    "encode_images_per_s": batch / enc_s,
+    "decode_images_per_s": batch / dec_s,
+    "encode_first_call_s": enc_first,
+    "decode_first_call_s": dec_first,
+    "param_count": vae_lib.param_count(vae),
+  }
+
+
+def time_fid_features(batch: int = 16, repeats: int = 3) -> dict[str, Any]:
+  """Feature-extraction speed on 256x256 uint8 inputs (random weights).
+
+  Returns:
+    images_per_s, seconds_per_batch, compile_s, device and projected_50k_s
+    (the wall time of the features of a 50k-sample FID).
+  """
+  module = inception.InceptionV3()
+  f = features.feature_fn(module, inception.init_variables(module))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (batch, 256, 256, 3), dtype=np.uint8)
+  compile_s, per_batch = time_calls(f, (images,), repeats)
+  rate = batch / per_batch
+  return {
+    "device": jax.devices()[0].device_kind,
+    "batch": batch,
+    "compile_s": compile_s,
+    "seconds_per_batch": per_batch,
+    "images_per_s": rate,
+    "projected_50k_s": 50_000 / rate,
+  }
+
+
 def _print_table(rows: dict[str, dict], keys: list[str]) -> None:
   print("| variant | " + " | ".join(keys) + " |")
   print("|---" * (len(keys) + 1) + "|")
@@ -147,36 +251,46 @@ def _print_table(rows: dict[str, dict], keys: list[str]) -> None:
 
 def main(argv):
   del argv
-  config, mode = _CONFIG.value, _MODE.value
+  f = flags.FLAGS
+  config, mode = f.config, f.mode
   dev = jax.devices()[0]
   print(f"# device: {dev.platform} {dev.device_kind} x{jax.device_count()}")
   if mode == "train":
-    r = time_train_step(config, _STEPS.value, _WARMUP.value)
+    r = time_train_step(config, f.steps, f.warmup)
     _print_table({"train step": r}, list(r))
   elif mode == "recipes":
-    rows = compare_recipes(config, _STEPS.value, _WARMUP.value)
+    rows = compare_recipes(config, f.steps, f.warmup)
     base = rows["paper recipe"]["step_s"]
     for r in rows.values():
       r["time_vs_recipe"] = r["step_s"] / base
     _print_table(rows, ["step_s", "images_per_s", "compiles", "time_vs_recipe"])
   elif mode == "ot":
-    from ilct_jax import coupling
-
-    r = coupling.benchmark(batch=_BATCH.value, dim=_DIM.value)
+    r = time_ot(batch=f.batch, dim=f.dim)
     _print_table({"ot": r}, list(r))
   elif mode == "vae":
-    from ilct_jax import autoencoder
-
-    r = autoencoder.benchmark()
+    r = time_vae()
     _print_table({"sd-vae": r}, list(r))
   else:
-    from ilct_jax import fid
-
-    r = fid.benchmark()
+    r = time_fid_features()
     _print_table({"inception": r}, list(r))
   assert "tensorflow" not in sys.modules, "TensorFlow leaked onto the hot path"
 
 
+def define_flags() -> None:
+  """The CLI's flags (defined only when run as a program)."""
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file(
+    "config", "configs/demo.py", "Config to benchmark.", lock_config=True
+  )
+  flags.DEFINE_enum("mode", "train", MODES, "What to time.")
+  flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
+  flags.DEFINE_integer("warmup", 2, "Untimed warm-up steps.")
+  flags.DEFINE_integer("batch", 128, "Batch for --mode=ot.")
+  flags.DEFINE_integer("dim", 4096, "Flattened size for --mode=ot.")
+
+
 if __name__ == "__main__":
   jax.config.update("jax_threefry_partitionable", True)
+  define_flags()
   app.run(main)

@@ -14,8 +14,8 @@ numpy, scipy or host callbacks (ALGORITHM.md section 19). Methods:
 * `exact`: the Hungarian algorithm of ott-jax (`ott.tools.unreg.hungarian`,
   which wraps optax's `hungarian_algorithm`). Measured on the 2-core CPU at
   B = 128, d = 4096 under jit it took ~3 ms against ~45-95 ms for optax's
-  other solver (`base_hungarian_algorithm`, Crouse 2016), which `benchmark`
-  still times as `exact_crouse`.
+  other solver (`base_hungarian_algorithm`, Crouse 2016), which the
+  benchmark still times as `exact_crouse` (`crouse_assignment`).
 * `sinkhorn`: ott-jax entropic Sinkhorn with a fixed number of iterations,
   then rounded to a permutation (see `_sinkhorn`). On the same CPU it took
   ~9 ms (200 iterations), slower than `exact`, and lands ~0.1-0.2% above
@@ -28,9 +28,6 @@ Scopes (DESIGN.md section 1.2): `global` pairs over the whole global batch
 (the paper's single-GPU CelebA run); `shard` pairs within each device's shard
 under `jax.shard_map`, as the reference's DDP did per GPU.
 """
-
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -122,9 +119,14 @@ def _exact(xf: jax.Array, zf: jax.Array) -> jax.Array:
   return _perm_from_pairs(rows, cols)
 
 
-def _exact_crouse(xf: jax.Array, zf: jax.Array) -> jax.Array:
-  """Exact permutation by optax's Crouse-2016 solver (slower; benchmark)."""
-  rows, cols = optax_assignment.base_hungarian_algorithm(_exact_cost(xf, zf))
+def crouse_assignment(x: jax.Array, z: jax.Array) -> jax.Array:
+  """Exact permutation by optax's Crouse-2016 solver.
+
+  Not a `coupling.method`: it is slower than ott-jax's Hungarian and kept as
+  a reference point for `python -m ilct_jax.benchmark --mode=ot`.
+  """
+  cost = _exact_cost(_flatten(x), _flatten(z))
+  rows, cols = optax_assignment.base_hungarian_algorithm(cost)
   return _perm_from_pairs(rows, cols)
 
 
@@ -377,47 +379,3 @@ def pair(
   if scope == "shard":
     return _pair_shard(x, z, mesh, axis, (method, epsilon, iterations))
   return _pair_global(x, z, mesh, axis, (method, epsilon, iterations))
-
-
-_BENCH_SOLVERS = {
-  "exact": lambda x, z: assignment(x, z, method="exact"),
-  "exact_crouse": lambda x, z: _exact_crouse(_flatten(x), _flatten(z)),
-  "sinkhorn": lambda x, z: assignment(x, z, method="sinkhorn"),
-}
-
-
-def benchmark(batch: int = 128, dim: int = 4096, repeats: int = 10) -> dict:
-  """Times the jitted assignment solvers on the default device.
-
-  Args:
-    batch: batch size B.
-    dim: flattened sample size D (4096 = 32x32x4 CelebA-HQ latents).
-    repeats: timed calls per solver after one compile call.
-
-  Returns:
-    Figures: for each solver, `<name>_median_s` (median wall seconds of one
-    call, with block_until_ready) and `<name>_first_call_s` (the first
-    call, which compiles unless this process already did), plus the device
-    and the shape.
-  """
-  key_x, key_z = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(key_x, (batch, dim), jnp.float32)
-  z = jax.random.normal(key_z, (batch, dim), jnp.float32)
-  device = jax.devices()[0]
-  figures = {
-    "device": f"{device} ({device.device_kind})",
-    "batch": batch,
-    "dim": dim,
-  }
-  for name, fn in _BENCH_SOLVERS.items():
-    jitted = jax.jit(fn)
-    start = time.perf_counter()
-    jitted(x, z).block_until_ready()
-    figures[f"{name}_first_call_s"] = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jitted(x, z).block_until_ready()
-      times.append(time.perf_counter() - start)
-    figures[f"{name}_median_s"] = statistics.median(times)
-  return figures

@@ -1,4 +1,4 @@
-"""One-step and multistep consistency sampling (jit-able) and image grids.
+"""One-step and multistep consistency sampling (jit-able).
 
 ALGORITHM 14: x_T = sigma_max * z; one step is f(x_T, sigma_max). Multistep
 walks given indices of a Karras grid of `grid_scales + 1` levels: denoise,
@@ -79,38 +79,3 @@ def samplers(
   ct, s = config.ct, config.sample
   multi = tuple(float(v) for v in sigmas_for(ct, s.ts, s.grid_scales))
   return {"onestep": (float(ct.sigma_max),), "twostep": multi}
-
-
-def to_uint8(images: jax.Array) -> np.ndarray:
-  """[-1, 1] images -> uint8 (clip((x+1)/2, 0, 1) * 255, rounded)."""
-  x = np.asarray(jax.device_get(images), np.float32)
-  return np.round(np.clip((x + 1.0) / 2.0, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def make_grid(
-  images: np.ndarray, cols: int | None = None, pad: int = 1, fill: int = 128
-) -> np.ndarray:
-  """Tiles uint8 [B, H, W, C] into one image with `pad`-pixel gray gutters."""
-  b, h, w, c = images.shape
-  cols = cols or int(np.ceil(np.sqrt(b)))
-  rows = int(np.ceil(b / cols))
-  hp, wp = h + pad, w + pad
-  grid = np.full((rows * hp + pad, cols * wp + pad, c), fill, images.dtype)
-  for i in range(b):
-    r, q = divmod(i, cols)
-    grid[pad + r * hp : pad + r * hp + h, pad + q * wp : pad + q * wp + w] = (
-      images[i]
-    )
-  return grid
-
-
-def save_png(path: str, grid: np.ndarray, upscale: int = 1) -> None:
-  """Writes a uint8 grid as PNG (nearest upscaling for tiny images)."""
-  from PIL import Image  # Imported here: only the writers need Pillow.
-
-  if grid.shape[-1] == 1:
-    grid = grid[..., 0]
-  img = Image.fromarray(grid)
-  if upscale > 1:
-    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
-  img.save(path)

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from ilct_jax import optim as optim_lib
+from ilct_jax import parallel
 from ilct_jax.models import unet
 
 PyTree = Any
@@ -134,7 +134,7 @@ def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
 def state_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> PyTree:
   """Replicated sharding for every leaf of the state (params fit a device)."""
   return jax.tree.map(
-    lambda _: NamedSharding(mesh, P()), abstract_state(config)
+    lambda _: parallel.replicated(mesh), abstract_state(config)
   )
 
 

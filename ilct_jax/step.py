@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from ilct_jax import consistency, coupling, losses
+from ilct_jax import consistency, coupling, losses, parallel
 from ilct_jax import optim as optim_lib
 from ilct_jax import state as state_lib
 
@@ -140,29 +139,13 @@ def train_step(
   return new_state, metrics
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh named "data" over all (or the given) devices."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh(
-    (len(devices),),
-    ("data",),
-    devices=devices,
-    axis_types=(jax.sharding.AxisType.Auto,),
-  )
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batch dimension split over "data"."""
-  return NamedSharding(mesh, P("data"))
-
-
 def compile_train_step(
   config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int
 ) -> Callable[..., Any]:
   """jit(train_step) with donated state and explicit shardings."""
   model = state_lib.create_model(config)
   state_sh = state_lib.state_sharding(config, mesh)
-  replicated = NamedSharding(mesh, P())
+  replicated = parallel.replicated(mesh)
   fn = functools.partial(
     train_step,
     config=config,
@@ -173,6 +156,6 @@ def compile_train_step(
   return jax.jit(
     fn,
     donate_argnums=0,
-    in_shardings=(state_sh, batch_sharding(mesh)),
+    in_shardings=(state_sh, parallel.batch_sharding(mesh)),
     out_shardings=(state_sh, replicated),
   )

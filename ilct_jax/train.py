@@ -2,8 +2,9 @@
 
 `train_and_evaluate` wires the pieces owned elsewhere: config checks, the mesh
 and jitted step (step.py), state creation/restore (state.py,
-checkpointing.py), input (input_pipeline.py), sample grids (sampling.py) and
-clu metric writers (imported lazily: they pull in TensorFlow).
+checkpointing.py), input (data/pipeline.py), sample grids
+(evaluation/generate.py) and clu metric writers (imported lazily: they pull
+in TensorFlow).
 """
 
 import json
@@ -16,9 +17,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import checkpointing, config_checks, input_pipeline, sampling
+from ilct_jax import checkpointing, config_checks, parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
+from ilct_jax.data import pipeline
+from ilct_jax.evaluation import evaluate, generate, image_io
 
 
 def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
@@ -50,7 +53,7 @@ def compile_step(config, mesh, state, steps: int):
   fn = step_lib.compile_train_step(config, mesh, steps)
   shape = (config.train.batch_size, *state_lib.example_shape(config))
   batch = jax.ShapeDtypeStruct(
-    shape, np.float32, sharding=step_lib.batch_sharding(mesh)
+    shape, np.float32, sharding=parallel.batch_sharding(mesh)
   )
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
@@ -67,18 +70,16 @@ def compile_step(config, mesh, state, steps: int):
 
 def write_samples(config, state, writer, workdir: str, step: int) -> None:
   """1-step and 2-step sample grids to TensorBoard and workdir/samples."""
-  from ilct_jax import generate  # Decoding may load the VAE.
-
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   images = generate.sample_images(config, state, num=config.sample.num)
   for name, imgs in images.items():
     if imgs is None:
       continue
-    grid = sampling.make_grid(imgs)
+    grid = image_io.make_grid(imgs)
     writer.write_images(step, {f"samples/{name}": grid[None]})
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"{name}_{step:08d}.png")
-      sampling.save_png(path, grid, upscale=max(1, 128 // imgs.shape[1]))
+      image_io.save_png(path, grid, upscale=max(1, 128 // imgs.shape[1]))
 
 
 def _log(writer, step: int, history: list[dict[str, Any]], t0: float) -> dict:
@@ -104,12 +105,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
   from clu import metric_writers  # Lazy: imports TF.
 
   config_checks.check_all(config, workdir)
-  if config.train.eval_every > 0:
-    from ilct_jax import evaluate  # Fail before training, not at step K.
-
+  if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
-  mesh = step_lib.make_mesh()
-  n_examples = input_pipeline.num_examples(config)
+  mesh = parallel.make_mesh()
+  n_examples = pipeline.num_examples(config)
   meta = run_meta(config, n_examples)
   steps = meta["total_steps"]
   logging.info(
@@ -137,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
     writer.write_hparams(_flat_hparams(config))
   train_fn = compile_step(config, mesh, state, steps)
   run = _Run(config, workdir, mngr, meta, writer, train_fn)
-  batches = input_pipeline.create_iterator(config, mesh, start_step=start)
+  batches = pipeline.create_iterator(config, mesh, start_step=start)
   try:
     state = run.loop(state, batches, start)
   finally:
@@ -182,8 +181,6 @@ class _Run:
       if cfg.sample_every and done % cfg.sample_every == 0:
         write_samples(self.config, state, self.writer, self.workdir, done)
       if cfg.eval_every and done % cfg.eval_every == 0:
-        from ilct_jax import evaluate
-
         evaluate.train_time_fid(self.config, state, done, self.writer)
       checkpointing.save(self.mngr, state, self.meta, step=done)
       if self.mngr.reached_preemption(done):

@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
+from ilct_jax import parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 
@@ -95,12 +96,12 @@ def test_ablation_is_one_override_and_runs(overrides, check):
   config.model.attn_resolutions = (8,)
   config.ema.decays = ()
   sharded = config.coupling.scope == "shard"
-  mesh = step_lib.make_mesh(None if sharded else jax.devices()[:1])
+  mesh = parallel.make_mesh(None if sharded else jax.devices()[:1])
   state = state_lib.create_train_state(config, mesh)
   fn = step_lib.compile_train_step(config, mesh, total_steps=6)
   rng = np.random.default_rng(0)
   x = rng.normal(0, 0.5, (16, 8, 8, 1)).astype(np.float32)
-  state, m = fn(state, jax.device_put(x, step_lib.batch_sharding(mesh)))
+  state, m = fn(state, jax.device_put(x, parallel.batch_sharding(mesh)))
   m = jax.device_get(m)
   assert np.isfinite(m["loss"]) and int(state.nonfinite) == 0
   if check is not None:

@@ -8,7 +8,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy.optimize import linear_sum_assignment
 
-from ilct_jax import coupling
+from ilct_jax import benchmark, coupling
 
 # Sinkhorn margin (epsilon=0.01, 200 iterations, greedy rounding). Measured on
 # 20 random Gaussian 64 x 4096 batches: total cost above the optimum by at
@@ -243,7 +243,7 @@ def test_inner_iterations_divide():
 
 
 def test_benchmark_reports_figures():
-  figures = coupling.benchmark(batch=8, dim=16, repeats=2)
+  figures = benchmark.time_ot(batch=8, dim=16, repeats=2)
   for name in ("exact", "exact_crouse", "sinkhorn"):
     assert figures[f"{name}_median_s"] > 0
     assert figures[f"{name}_first_call_s"] >= figures[f"{name}_median_s"]

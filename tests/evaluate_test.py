@@ -22,18 +22,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from ilct_jax import (
-  checkpointing,
-  convert_inception,
-  evaluate,
-  fid,
-  input_pipeline,
-  sampling,
-  train,
-)
+from ilct_jax import checkpointing, parallel, sampling, train
 from ilct_jax import state as state_lib
-from ilct_jax import step as step_lib
-from ilct_jax.models import inception
+from ilct_jax.data import digits
+from ilct_jax.evaluation import evaluate, features, fid, image_io
+from ilct_jax.models import convert_inception, inception
 
 NUM_REF = 64
 
@@ -59,7 +52,7 @@ def _untrained_state(config):
 
 def _real_batches(config, mesh):
   """x0_batch(i) over the digits, sharded on "data" as generated samples."""
-  data = input_pipeline.load_digits(config.data.image_size)
+  data = digits.load_digits(config.data.image_size)
   bs, sharding = config.eval.batch_size, NamedSharding(mesh, P("data"))
   return lambda i: jax.device_put(data[i * bs : (i + 1) * bs], sharding)
 
@@ -84,7 +77,7 @@ def env(tmp_path_factory):
   ref_feats = evaluate.dataset_reference(
     config, ev.ref_stats, ev.ref_features, NUM_REF
   )
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   state = _untrained_state(config)
   workdir = str(root / "run")
   mngr = checkpointing.create_manager(workdir, config.train)
@@ -102,10 +95,12 @@ def env(tmp_path_factory):
 def test_real_vs_real_fid_is_zero_and_matches_host_path(env):
   config = env.config
   # Independent host path: numpy quantization and tiling, then features.
-  data = input_pipeline.load_digits(config.data.image_size)[:NUM_REF]
-  images = np.repeat(sampling.to_uint8(data), 3, axis=-1)
-  f = evaluate.feature_fn(config.eval.inception_path, inception.MIN_SIZE)
-  host = fid.extract_features([images[:32], images[32:]], f, 32, None, None)
+  data = digits.load_digits(config.data.image_size)[:NUM_REF]
+  images = np.repeat(np.asarray(image_io.to_uint8(data)), 3, axis=-1)
+  f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
+  host = features.extract_features(
+    [images[:32], images[32:]], f, 32, None, None
+  )
   np.testing.assert_allclose(env.real_feats, host, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(env.ref_feats, host, rtol=1e-5, atol=1e-5)
   m = evaluate.metrics_from_features(config, env.real_feats)
@@ -167,7 +162,7 @@ def test_jpeg_protocol_uneven_batches(env):
       jpeg.append(np.asarray(img.convert("RGB")))
   jpeg = np.stack(jpeg)
   # FID saw the JPEG pixels, not the generated uint8 ones ...
-  f = evaluate.feature_fn(config.eval.inception_path, inception.MIN_SIZE)
+  f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
   np.testing.assert_allclose(feats[:32], f(jpeg), rtol=1e-5, atol=1e-5)
   # ... which JPEG changed a little (same seed: the same samples).
   diff = np.abs(jpeg.astype(int) - _onestep_uint8(config, params)).mean()
@@ -181,7 +176,7 @@ def _onestep_uint8(config, params):
   gen = evaluate._generator(frozen, sigmas, evaluate._mesh())
   key = jax.random.fold_in(jax.random.key(config.eval.seed), 0)
   x = gen(params, jax.random.fold_in(key, 0))
-  return np.repeat(sampling.to_uint8(x), 3, axis=-1).astype(int)
+  return np.repeat(np.asarray(image_io.to_uint8(x)), 3, axis=-1).astype(int)
 
 
 def test_train_time_fid_logs_and_reuses_compiled_functions(env):
@@ -195,12 +190,12 @@ def test_train_time_fid_logs_and_reuses_compiled_functions(env):
   writer = Writer()
   first = evaluate.train_time_fid(env.config, env.state, 7, writer)
   misses = (
-    evaluate.feature_fn.cache_info().misses,
+    features.load_feature_fn.cache_info().misses,
     evaluate._generator.cache_info().misses,
   )
   second = evaluate.train_time_fid(env.config, env.state, 8, writer)
   assert misses == (
-    evaluate.feature_fn.cache_info().misses,
+    features.load_feature_fn.cache_info().misses,
     evaluate._generator.cache_info().misses,
   )
   keys = {f"train_eval/{m}_{s}" for m in ("fid", "precision", "recall")
@@ -214,12 +209,17 @@ def test_missing_files_and_bad_config_fail_clearly(env, tmp_path):
   config = env.config.copy_and_resolve_references()
   evaluate.check_eval_config(config)  # The complete config passes.
   config.eval.ref_stats = str(tmp_path / "absent.npz")
-  with pytest.raises(FileNotFoundError, match="ref_stats=.*absent.npz.*"
-                     "python -m ilct_jax.evaluate --config"):  # fmt: skip
+  with pytest.raises(
+    FileNotFoundError,
+    match="ref_stats=.*absent.npz.*python -m "
+    "ilct_jax.evaluation.evaluate --config",
+  ):
     evaluate.run(config, env.workdir)
   latent = config.copy_and_resolve_references()
   latent.data.source = "latents"
-  with pytest.raises(FileNotFoundError, match="python -m ilct_jax.fid "):
+  with pytest.raises(
+    FileNotFoundError, match="python -m ilct_jax.evaluation.features "
+  ):
     evaluate.check_eval_config(latent)
   cases = [
     ("inception_path", str(tmp_path / "x.npz"), "convert_inception --pth"),
@@ -261,5 +261,5 @@ def test_frechet_low_rank_route_matches_closed_form():
       np.sum((mu - mu_ref) ** 2) + np.trace(sigma) + np.trace(sigma_ref)
       - 2 * np.sum(np.sqrt(inner))
     )  # fmt: skip
-    got = evaluate.frechet_to(x, mu_ref, sigma_ref)
+    got = fid.frechet_to(x, mu_ref, sigma_ref)
     assert got == pytest.approx(want, rel=1e-6)

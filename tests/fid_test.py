@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import convert_inception, fid
-from ilct_jax.models import inception
+from ilct_jax import benchmark
+from ilct_jax.evaluation import features, fid
+from ilct_jax.models import convert_inception, inception
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -184,7 +185,7 @@ def test_precision_recall_bad_input():
 
 def test_inception_shapes_at_299_and_other_sizes(net):
   module, variables = net
-  f = fid.feature_fn(module, variables)
+  f = features.feature_fn(module, variables)
   x299 = np.random.default_rng(7).integers(0, 256, (1, 299, 299, 3), np.uint8)
   feats = np.asarray(f(x299))
   assert feats.shape == (1, 2048) and np.isfinite(feats).all()
@@ -210,7 +211,7 @@ def test_resize_is_identity_at_299_and_half_pixel_centred():
 
 def test_feature_and_module_bad_input(net):
   module, variables = net
-  f = fid.feature_fn(module, variables)
+  f = features.feature_fn(module, variables)
   with pytest.raises(ValueError, match="uint8 RGB images .*float32"):
     f(np.zeros((1, 64, 64, 3), np.float32))
   with pytest.raises(ValueError, match=r"\(1, 3, 64, 64\); convert"):
@@ -249,7 +250,9 @@ def test_checkpoint_round_trip_and_strictness(net, tmp_path):
   del state["fc.bias"]
   with pytest.raises(ValueError, match=r"missing \['fc.bias'\]"):
     convert_inception.convert_state_dict(state)
-  with pytest.raises(FileNotFoundError, match="run python -m ilct_jax.conv"):
+  with pytest.raises(
+    FileNotFoundError, match="run python -m ilct_jax.models.conv"
+  ):
     convert_inception.load_inception(str(tmp_path / "absent.npz"))
   np.savez(tmp_path / "partial.npz", **{"params/fc/bias": np.zeros(1008)})
   with pytest.raises(ValueError, match="does not match the FID InceptionV3"):
@@ -269,7 +272,7 @@ BATCH = 2
 def three_images(net):
   """Three 256x256 images and their features (2 batches, the last padded)."""
   images = np.random.default_rng(9).integers(0, 256, (3, 256, 256, 3), np.uint8)
-  f = fid.feature_fn(*net)
+  f = features.feature_fn(*net)
   padded = np.concatenate([images, images[-1:]])
   feats = np.concatenate([f(padded[:BATCH]), f(padded[BATCH:])])[:3]
   return images, feats
@@ -289,7 +292,7 @@ def test_reference_stats_from_folder(net, three_images, tmp_path):
   images, want = three_images
   assert (_write_images(tmp_path / "imgs", 3) == images).all()
   (tmp_path / "imgs" / "notes.txt").write_text("not an image")
-  mu, sigma, feats = fid.reference_stats_from_folder(
+  mu, sigma, feats = features.reference_stats_from_folder(
     str(tmp_path / "imgs"), module, variables, batch_size=BATCH
   )
   # PNG is lossless: the features equal those of the arrays (3 = 2 + 1 + pad).
@@ -326,11 +329,11 @@ def test_reference_stats_from_tfds(net, three_images, tmp_path):
   images, want = three_images
   builder_cls = _tiny_tfds_builder(images)
   with pytest.raises(FileNotFoundError, match="not prepared.*tfds build"):
-    fid.reference_stats_from_tfds(
+    features.reference_stats_from_tfds(
       "tiny_fid_images", "train", str(tmp_path / "none"), module, variables
     )
   builder_cls(data_dir=str(tmp_path)).download_and_prepare()
-  mu, _, feats = fid.reference_stats_from_tfds(
+  mu, _, feats = features.reference_stats_from_tfds(
     "tiny_fid_images", "train", str(tmp_path), module, variables, BATCH
   )
   np.testing.assert_allclose(feats, want, rtol=1e-5, atol=1e-6)
@@ -340,14 +343,20 @@ def test_reference_stats_from_tfds(net, three_images, tmp_path):
 def test_reference_stats_folder_errors(net, tmp_path):
   module, variables = net
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    fid.reference_stats_from_folder(str(tmp_path / "no"), module, variables)
+    features.reference_stats_from_folder(
+      str(tmp_path / "no"), module, variables
+    )
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no .*jpg.*png"):
-    fid.reference_stats_from_folder(str(tmp_path / "empty"), module, variables)
+    features.reference_stats_from_folder(
+      str(tmp_path / "empty"), module, variables
+    )
   _write_images(tmp_path / "mixed", 2, size=(64, 48))
   Image.new("RGB", (32, 32)).save(tmp_path / "mixed" / "999.jpg")
   with pytest.raises(ValueError, match="999.jpg is .*resize the folder"):
-    fid.reference_stats_from_folder(str(tmp_path / "mixed"), module, variables)
+    features.reference_stats_from_folder(
+      str(tmp_path / "mixed"), module, variables
+    )
 
 
 def test_cli_writes_stats_that_load(net, tmp_path):
@@ -357,7 +366,7 @@ def test_cli_writes_stats_that_load(net, tmp_path):
   _write_images(tmp_path / "imgs", 2, size=(80, 80))
   out = str(tmp_path / "stats.npz")
   cmd = [
-    sys.executable, "-m", "ilct_jax.fid", f"--inception={ckpt}",
+    sys.executable, "-m", "ilct_jax.evaluation.features", f"--inception={ckpt}",
     f"--images={tmp_path / 'imgs'}", f"--out={out}", "--batch_size=2",
   ]  # fmt: skip
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
@@ -371,7 +380,7 @@ def test_cli_writes_stats_that_load(net, tmp_path):
 
 
 def test_benchmark_reports_rates():
-  result = fid.benchmark(batch=BATCH, repeats=1)
+  result = benchmark.time_fid_features(batch=BATCH, repeats=1)
   assert result["images_per_s"] > 0 and result["compile_s"] > 0
   assert result["projected_50k_s"] == pytest.approx(
     50_000 / result["images_per_s"]

@@ -31,8 +31,8 @@ fid_score = pytest.importorskip(
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from ilct_jax import convert_inception, fid  # noqa: E402
-from ilct_jax.models import inception  # noqa: E402
+from ilct_jax.evaluation import features, fid  # noqa: E402
+from ilct_jax.models import convert_inception, inception  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4  # Issue 6: pool3 relative error <= 1e-4 in float32.
@@ -105,7 +105,7 @@ def test_feature_fn_uint8_256_matches_pytorch_fid(models):
   model, net, module, variables, _ = models
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
-  ours = np.asarray(fid.feature_fn(module, variables)(images))
+  ours = np.asarray(features.feature_fn(module, variables)(images))
   # pytorch-fid's pipeline: ToTensor (x / 255, NCHW) -> InceptionV3.
   x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
   ref, _ = _torch_pool3_logits(model, net, x)
@@ -206,7 +206,7 @@ def test_legacy_pth_format_and_cli(models, tmp_path):
   state = torch.load(pth, weights_only=True)
   torch.save(state, legacy, _use_new_zipfile_serialization=False)
   out = str(tmp_path / "cli.npz")
-  cmd = [sys.executable, "-m", "ilct_jax.convert_inception"]
+  cmd = [sys.executable, "-m", "ilct_jax.models.convert_inception"]
   cmd += [f"--pth={legacy}", f"--out={out}"]
   env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
   result = subprocess.run(cmd, env=env, capture_output=True, text=True)

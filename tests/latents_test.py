@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ilct_jax import latents
+from ilct_jax.data import latents
 
 
 def test_normalize_formula_inverse_and_std():
@@ -41,7 +41,7 @@ def test_stats_are_per_element_unbiased_and_roundtrip(tmp_path):
   np.testing.assert_array_equal(m2, mean)
   with pytest.raises(ValueError, match=r"but the latents are \(32, 32, 4\)"):
     latents.load_stats(path, (32, 32, 4))
-  with pytest.raises(FileNotFoundError, match="encode_latents"):
+  with pytest.raises(FileNotFoundError, match="ilct_jax.data.encode"):
     latents.load_stats(str(tmp_path / "missing.npz"))
   np.savez(str(tmp_path / "bad.npz"), mu=mean)
   with pytest.raises(ValueError, match="lacks"):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ilct_jax import consistency, coupling, parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 
@@ -16,12 +17,12 @@ def _batch(config, seed=0):
 
 
 def _run(config, devices, steps=1, start_step=0, batch=None, total=6):
-  mesh = step_lib.make_mesh(devices)
+  mesh = parallel.make_mesh(devices)
   state = state_lib.create_train_state(config, mesh)
   state = state.replace(step=state.step + start_step)
   fn = step_lib.compile_train_step(config, mesh, total_steps=total)
   x = jax.device_put(
-    _batch(config) if batch is None else batch, step_lib.batch_sharding(mesh)
+    _batch(config) if batch is None else batch, parallel.batch_sharding(mesh)
   )
   metrics = []
   for _ in range(steps):
@@ -58,7 +59,7 @@ def test_one_compile_across_curriculum_stages(tiny_config):
 
 
 def test_step_traces_once(tiny_config):
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   model = state_lib.create_model(tiny_config)
   traced = chex.assert_max_traces(n=1)(
     lambda s, b: step_lib.train_step(
@@ -67,23 +68,23 @@ def test_step_traces_once(tiny_config):
   )
   fn = jax.jit(traced)
   state = state_lib.create_train_state(tiny_config, mesh)
-  x = jax.device_put(_batch(tiny_config), step_lib.batch_sharding(mesh))
+  x = jax.device_put(_batch(tiny_config), parallel.batch_sharding(mesh))
   for _ in range(5):  # Crosses two stage changes.
     state, _ = fn(state, x)
 
 
 def test_nonfinite_batch_skips_update_and_counts(tiny_config):
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   state0 = state_lib.create_train_state(tiny_config, mesh)
   before = jax.device_get(state0.params)
   fn = step_lib.compile_train_step(tiny_config, mesh, total_steps=6)
   bad = _batch(tiny_config)
   bad[0, 0, 0, 0] = np.nan
-  state, m = fn(state0, jax.device_put(bad, step_lib.batch_sharding(mesh)))
+  state, m = fn(state0, jax.device_put(bad, parallel.batch_sharding(mesh)))
   assert not np.isfinite(float(m["loss"]))
   assert int(state.nonfinite) == 1 and int(state.step) == 1
   chex.assert_trees_all_equal(jax.device_get(state.params), before)
-  good = jax.device_put(_batch(tiny_config), step_lib.batch_sharding(mesh))
+  good = jax.device_put(_batch(tiny_config), parallel.batch_sharding(mesh))
   state, m = fn(state, good)
   assert np.isfinite(float(m["loss"])) and int(state.nonfinite) == 1
   changed = jax.tree.map(
@@ -109,16 +110,15 @@ def test_full_recipe_step_on_eight_devices(tiny_config):
 
 def test_loss_matches_hand_computation(tiny_config):
   """The step's reported loss equals ALGORITHM 8 recomputed outside."""
-  from ilct_jax import consistency, coupling
 
   c = tiny_config
-  mesh = step_lib.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   state = state_lib.create_train_state(c, mesh)
   model = state_lib.create_model(c)
   params = jax.device_get(state.params)  # The step donates `state`.
   x0 = jnp.asarray(_batch(c))
   _, m = step_lib.compile_train_step(c, mesh, total_steps=6)(
-    state, jax.device_put(x0, step_lib.batch_sharding(mesh))
+    state, jax.device_put(x0, parallel.batch_sharding(mesh))
   )
   key = jax.random.fold_in(jax.random.key(c.seed), 0)
   k_noise, k_idx, _ = jax.random.split(key, 3)

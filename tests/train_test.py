@@ -10,14 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import (
-  checkpointing,
-  config_checks,
-  generate,
-  input_pipeline,
-  train,
-)
+from ilct_jax import checkpointing, config_checks, parallel, train
 from ilct_jax import state as state_lib
+from ilct_jax import step as step_lib
+from ilct_jax.data import digits, pipeline
+from ilct_jax.evaluation import generate
 
 
 class _Crash(Exception):
@@ -26,7 +23,7 @@ class _Crash(Exception):
 
 def _crash_after(n, monkeypatch):
   """Makes the input iterator fail after `n` batches (a simulated kill)."""
-  real = input_pipeline.create_iterator
+  real = pipeline.create_iterator
 
   def wrapped(config, mesh, *, start_step):
     it = real(config, mesh, start_step=start_step)
@@ -45,7 +42,7 @@ def _crash_after(n, monkeypatch):
 
     return Limited()
 
-  monkeypatch.setattr(input_pipeline, "create_iterator", wrapped)
+  monkeypatch.setattr(pipeline, "create_iterator", wrapped)
 
 
 def test_crash_then_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
@@ -107,15 +104,14 @@ def test_resume_refuses_a_different_run(tiny_config, tmp_path):
 
 
 def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
-  from ilct_jax import step as step_lib
 
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   fn = step_lib.compile_train_step(tiny_config, mesh, total_steps=6)
-  src = input_pipeline.ArraySource(
-    input_pipeline.load_digits(8), tiny_config.train.batch_size, 0
+  src = pipeline.ArraySource(
+    digits.load_digits(8), tiny_config.train.batch_size, 0
   )
   batch = lambda k: jax.device_put(
-    src.local_batch(k, 0, 1), step_lib.batch_sharding(mesh)
+    src.local_batch(k, 0, 1), parallel.batch_sharding(mesh)
   )
   state = state_lib.create_train_state(tiny_config, mesh)
   state, _ = fn(state, batch(0))
@@ -136,9 +132,8 @@ def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
 
 
 def test_never_checkpoints_nan_params(tiny_config, tmp_path):
-  from ilct_jax import step as step_lib
 
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   state = state_lib.create_train_state(tiny_config, mesh)
   bad = state.replace(
     params=jax.tree.map(lambda x: x * np.nan, state.params), step=state.step + 1

@@ -18,7 +18,7 @@ diffusers = pytest.importorskip(
   "diffusers", reason="parity needs diffusers: pip install -e .[test]"
 )
 
-from ilct_jax import autoencoder, convert_vae  # noqa: E402
+from ilct_jax.models import autoencoder, convert_vae  # noqa: E402
 from ilct_jax.models import vae as vae_lib  # noqa: E402
 
 _TOL = 1e-4

@@ -12,7 +12,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
-from ilct_jax import autoencoder, convert_vae
+from ilct_jax.evaluation import image_io
+from ilct_jax.models import autoencoder, convert_vae
 from ilct_jax.models import vae as vae_lib
 
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
@@ -155,7 +156,7 @@ def test_converter_cli_prints_every_bad_key(tiny, tmp_path):
   for k in dropped:
     del tensors[k]
   src = _write_diffusers(tmp_path / "hf", tensors)
-  cmd = [sys.executable, "-m", "ilct_jax.convert_vae", "--src", str(src)]
+  cmd = [sys.executable, "-m", "ilct_jax.models.convert_vae", "--src", str(src)]
   result = subprocess.run(
     cmd + ["--out", str(tmp_path / "o")], capture_output=True, text=True
   )
@@ -251,6 +252,6 @@ def test_to_uint8_rounds_like_save_image():
   images = jnp.array([-2.0, -1.0, 0.0, 1.0, 3.0, 2 * 100.2 / 255 - 1])
   # (x + 1) / 2 * 255 -> [-127.5, 0, 127.5, 255, 510, 100.2], rounded, clipped.
   np.testing.assert_array_equal(
-    autoencoder.to_uint8(images), [0, 0, 128, 255, 255, 100]
+    image_io.to_uint8(images), [0, 0, 128, 255, 255, 100]
   )
-  assert autoencoder.to_uint8(images).dtype == jnp.uint8
+  assert image_io.to_uint8(images).dtype == jnp.uint8

@@ -424,7 +424,7 @@ def check_param_shapes(vae: AutoencoderKL, flat: dict[str, Any]) -> None:
       f"VAE params do not match the config: {len(missing)} missing"
       f" {missing[:5]}, {len(unexpected)} unexpected {unexpected[:5]},"
       f" {len(mismatched)} shape mismatches {mismatched[:5]}; re-run"
-      " `python -m ilct_jax.convert_vae` for this checkpoint."
+      " `python -m ilct_jax.models.convert_vae` for this checkpoint."
     )
 
 
@@ -467,7 +467,7 @@ def load_vae(
     if not os.path.isfile(os.path.join(path, name)):
       raise FileNotFoundError(
         f"no {name} in VAE checkpoint directory {path!r}; create it with"
-        " `python -m ilct_jax.convert_vae --src DIFFUSERS_VAE --out"
+        " `python -m ilct_jax.models.convert_vae --src DIFFUSERS_VAE --out"
         f" {path}`."
       )
   with open(os.path.join(path, CONFIG_FILE)) as f:
@@ -475,7 +475,7 @@ def load_vae(
   if config.get("format") != FORMAT:
     raise ValueError(
       f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r};"
-      " re-run `python -m ilct_jax.convert_vae`."
+      " re-run `python -m ilct_jax.models.convert_vae`."
     )
   arch = {f: config[f] for f in ARCH_FIELDS}
   arch["block_out_channels"] = tuple(arch["block_out_channels"])

@@ -1,11 +1,11 @@
-"""Builds an image dataset as ArrayRecord: `python -m ilct_jax.datasets.build`.
+"""Builds an image dataset as ArrayRecord: `python -m ilct_jax.data.build`.
 
 Example:
-  python -m ilct_jax.datasets.build --dataset=celeb_a_hq_folder/256 \
+  python -m ilct_jax.data.build --dataset=celeb_a_hq_folder/256 \
     --manual_dir=/data/celeba_hq --data_dir=~/tensorflow_datasets
 
-ArrayRecord (not TFRecord) so that `encode_latents` and the `images` source
-can read any example by index. Prints the examples per split and how many
+ArrayRecord (not TFRecord) so that the latent encoding job and the `images`
+source can read any example by index. Prints the examples per split and how many
 corrupt files were skipped; a bad folder ends with a one-line error.
 """
 
@@ -14,15 +14,7 @@ import sys
 
 from absl import app, flags
 
-_DATASET = flags.DEFINE_string(
-  "dataset", None, "tfds name/config, e.g. celeb_a_hq_folder/256."
-)
-_MANUAL_DIR = flags.DEFINE_string(
-  "manual_dir", None, "Folder with the images (or the LSUN zips)."
-)
-_DATA_DIR = flags.DEFINE_string(
-  "data_dir", None, "tfds data_dir (default ~/tensorflow_datasets)."
-)
+from ilct_jax.data import tfds_images
 
 
 def build(name: str, manual_dir: str | None, data_dir: str | None) -> dict:
@@ -39,9 +31,7 @@ def build(name: str, manual_dir: str | None, data_dir: str | None) -> dict:
   """
   import tensorflow_datasets as tfds  # Lazy: pulls in TensorFlow.
 
-  from ilct_jax import image_data
-
-  builder = image_data.get_builder(name, data_dir or "")
+  builder = tfds_images.get_builder(name, data_dir or "")
   config = tfds.download.DownloadConfig(
     manual_dir=os.path.expanduser(manual_dir) if manual_dir else None
   )
@@ -58,16 +48,26 @@ def build(name: str, manual_dir: str | None, data_dir: str | None) -> dict:
 
 def main(argv: list[str]) -> None:
   del argv
+  name = flags.FLAGS.dataset
   try:
-    out = build(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value)
+    out = build(name, flags.FLAGS.manual_dir, flags.FLAGS.data_dir)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  print(f"built {_DATASET.value} in {out['path']}")
+  print(f"built {name} in {out['path']}")
   for split, n in out["splits"].items():
     skipped = out["corrupt"].get(split, 0)
     print(f"  {split}: {n} examples, {skipped} corrupt file(s) skipped")
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string(
+    "dataset", None, "tfds name/config, e.g. celeb_a_hq_folder/256."
+  )
+  flags.DEFINE_string(
+    "manual_dir", None, "Folder with the images (or the LSUN zips)."
+  )
+  flags.DEFINE_string(
+    "data_dir", None, "tfds data_dir (default ~/tensorflow_datasets)."
+  )
   flags.mark_flags_as_required(["dataset"])
   app.run(main)

@@ -15,17 +15,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import checkpointing, latents, sampling
+from ilct_jax import checkpointing, parallel, sampling
 from ilct_jax import state as state_lib
+from ilct_jax.data import latents
+from ilct_jax.evaluation import image_io
+from ilct_jax.models import autoencoder
+from ilct_jax.models import vae as vae_lib
 
 PyTree = Any
 
 
 @functools.lru_cache(maxsize=4)
 def _decoder(vae_path: str, stats_path: str, shape: tuple[int, ...]):
-  from ilct_jax import autoencoder
-  from ilct_jax.models import vae as vae_lib
-
   module, params = vae_lib.load_vae(vae_path)
   mean, std = latents.as_jnp(*latents.load_stats(stats_path, shape))
 
@@ -45,10 +46,8 @@ def image_decoder(
     return lambda x: x
   if not config.vae.path:
     return None
-  from ilct_jax import latent_data  # stats_path falls back to latent_dir.
-
   shape = state_lib.example_shape(config)
-  return _decoder(config.vae.path, latent_data.stats_path(config), shape)
+  return _decoder(config.vae.path, latents.stats_path(config), shape)
 
 
 def sample_data(
@@ -80,7 +79,9 @@ def sample_images(
   for i, (name, sigmas) in enumerate(sampling.samplers(config).items()):
     key = jax.random.fold_in(jax.random.key(seed), i)
     x = sample_data(config, params, key, num, sigmas)
-    out[name] = None if decode is None else sampling.to_uint8(decode(x))
+    out[name] = (
+      None if decode is None else np.asarray(image_io.to_uint8(decode(x)))
+    )
   return out
 
 
@@ -91,7 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     Mapping of sampler name to the written PNG (or .npz) path.
   """
   mngr = checkpointing.create_manager(workdir, config.train, read_only=True)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  mesh = parallel.make_mesh()
   target = state_lib.create_train_state(config, mesh)
   step = None if config.sample.step < 0 else config.sample.step
   state, _ = checkpointing.restore(mngr, config, target, step)
@@ -110,10 +111,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     )
     arrays = {"samples": np.asarray(x), "sigmas": np.asarray(sigmas)}
     if decode is not None:
-      arrays["images"] = sampling.to_uint8(decode(x))
-      grid = sampling.make_grid(arrays["images"])
+      arrays["images"] = np.asarray(image_io.to_uint8(decode(x)))
+      grid = image_io.make_grid(arrays["images"])
       up = max(1, 128 // arrays["images"].shape[1])
-      sampling.save_png(stem + ".png", grid, upscale=up)
+      image_io.save_png(stem + ".png", grid, upscale=up)
       written[name] = stem + ".png"
     else:
       logging.warning("vae.path is empty: writing latents only for %s", name)

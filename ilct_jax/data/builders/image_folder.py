@@ -4,11 +4,11 @@
 is the generic builder, and `celeb_a_hq.py` / `ffhq.py` subclass it with their
 own names and instructions. Each builder config is a square size ("16" ...
 "1024", default "256"): every image is decoded, center-cropped and resized to
-it at build time (image_data.py), so reading needs no resizing.
+it at build time (image_ops.py), so reading needs no resizing.
 
 The images are searched in `<manual_dir>/<SUBDIR>` if that folder exists, else
 in `<manual_dir>` itself (tfds' manual_dir defaults to
-`<data_dir>/downloads/manual`; `python -m ilct_jax.datasets.build
+`<data_dir>/downloads/manual`; `python -m ilct_jax.data.build
 --manual_dir=FOLDER` points it anywhere). If the folder holds any of the
 subfolders train/, validation/ (or val/), test/, each is a split; otherwise
 every image, at any depth, goes to "train". Files PIL cannot decode are
@@ -16,8 +16,8 @@ skipped and counted (in the build log and the dataset's metadata.json);
 images smaller than the size stop the build before anything is written.
 
 Examples are written in sorted-path order (no tfds shuffling), as ArrayRecord
-when built with `ilct_jax.datasets.build`, so example i of a split is the i-th
-file and can be read by random access.
+when built with `ilct_jax.data.build`, so example i of a split is the
+i-th file and can be read by random access.
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from ilct_jax import image_data
+from ilct_jax.data import image_ops
 
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 # Top-level folder names that define splits (validation accepts "val").
@@ -74,7 +74,7 @@ class ImageFolderBuilder(
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the JPG/PNG images (any depth of subfolders; optional train/, val/,
   test/ split folders) in <manual_dir>/images or in <manual_dir> itself, then
-  run `python -m ilct_jax.datasets.build --dataset=NAME/SIZE
+  run `python -m ilct_jax.data.build --dataset=NAME/SIZE
   --manual_dir=FOLDER`.
   """
 
@@ -97,7 +97,7 @@ class ImageFolderBuilder(
     return FileNotFoundError(
       f"{self.TITLE} folder {folder} is {why}; put the JPG/PNG files there "
       f"(or anywhere, then pass --manual_dir=FOLDER) and build with `python "
-      f"-m ilct_jax.datasets.build --dataset={name} --manual_dir=FOLDER "
+      f"-m ilct_jax.data.build --dataset={name} --manual_dir=FOLDER "
       f"--data_dir={self.data_dir_root}`"
     )
 
@@ -111,9 +111,9 @@ class ImageFolderBuilder(
       raise self._missing(nested, "missing")
     return folder
 
-  def _scan(self, split: str, folder: str) -> image_data.FolderScan:
+  def _scan(self, split: str, folder: str) -> image_ops.FolderScan:
     size = self.builder_config.size
-    scan = image_data.scan_folder(folder, size)
+    scan = image_ops.scan_folder(folder, size)
     if scan.small:
       side = min(min(wh) for _, wh in scan.small)
       shown = ", ".join(f"{r} {w}x{h}" for r, (w, h) in scan.small[:_SHOWN])
@@ -125,7 +125,7 @@ class ImageFolderBuilder(
       )
     if not scan.usable:
       raise self._missing(
-        folder, f"empty (no {'/'.join(image_data.IMAGE_EXTENSIONS)} files)"
+        folder, f"empty (no {'/'.join(image_ops.IMAGE_EXTENSIONS)} files)"
       )
     return scan
 
@@ -146,7 +146,7 @@ class ImageFolderBuilder(
     size = self.builder_config.size
     meta = self.info.metadata
     for rel in files:
-      image = image_data.load_image(os.path.join(folder, rel))
+      image = image_ops.load_image(os.path.join(folder, rel))
       if image is None:  # Header fine, pixel data broken (e.g. truncated).
         meta["corrupt"][split] += 1
         meta["corrupt_files"][split].append(rel)
@@ -155,7 +155,7 @@ class ImageFolderBuilder(
       yield (
         rel_posix,
         {
-          "image": image_data.center_crop_resize(image, size),
+          "image": image_ops.center_crop_resize(image, size),
           "filename": rel_posix,
         },
       )

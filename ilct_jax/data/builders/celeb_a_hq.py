@@ -8,7 +8,7 @@ them (ALGORITHM.md section 10: "celebhq256 = 27,000"), most likely the common
 to reproduce it, or all 30,000 images flat to use everything as "train".
 """
 
-from ilct_jax.datasets import image_folder
+from ilct_jax.data.builders import image_folder
 
 
 class CelebAHqFolder(image_folder.ImageFolderBuilder):
@@ -19,6 +19,6 @@ class CelebAHqFolder(image_folder.ImageFolderBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the CelebA-HQ JPG/PNG images in <manual_dir>/celeb_a_hq (optionally as
   train/ and validation/ subfolders, e.g. the 27k/3k split the paper used),
-  then run `python -m ilct_jax.datasets.build --dataset=celeb_a_hq_folder/256
+  then run `python -m ilct_jax.data.build --dataset=celeb_a_hq_folder/256
   --manual_dir=FOLDER`.
   """

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ilct_jax import encode_latents, input_pipeline, latent_data
-from ilct_jax import latents as latents_lib
+from ilct_jax import parallel, train
+from ilct_jax.data import encode, latents, pipeline
 
 N, CHUNK, SHAPE = 52, 16, (8, 8, 4)
 
@@ -14,7 +14,7 @@ def _write_latents(out_dir: str, n: int = N, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   stored = (rng.normal(size=(n, *SHAPE)) * 0.9 + 0.2).astype(np.float32)
   plan = {
-    "format": latent_data.FORMAT,
+    "format": latents.FORMAT,
     "complete": False,
     "split": "train",
     "source": {
@@ -31,15 +31,15 @@ def _write_latents(out_dir: str, n: int = N, seed: int = 0) -> np.ndarray:
     "num_examples": n,
     "shape": list(SHAPE),
     "dtype": "float32",
-    "scaling_factor": latents_lib.SCALING_FACTOR,
+    "scaling_factor": latents.SCALING_FACTOR,
     "chunk_size": CHUNK,
     "num_chunks": -(-n // CHUNK),
   }
-  encode_latents.prepare_dir(out_dir, plan, overwrite=False)
-  for j, name in enumerate(encode_latents._shards(plan)):
-    lo, hi = encode_latents.chunk_bounds(j, CHUNK, n)
-    encode_latents.write_chunk(out_dir, name, stored[lo:hi])
-  encode_latents.finalize(out_dir, plan)
+  encode.prepare_dir(out_dir, plan, overwrite=False)
+  for j, name in enumerate(encode._shards(plan)):
+    lo, hi = encode.chunk_bounds(j, CHUNK, n)
+    encode.write_chunk(out_dir, name, stored[lo:hi])
+  encode.finalize(out_dir, plan)
   return stored
 
 
@@ -54,17 +54,17 @@ def latent_config(tiny_config, tmp_path):
 
 
 def _normalized(config, stored) -> np.ndarray:
-  mean, std = latents_lib.load_stats(latent_data.stats_path(config), SHAPE)
-  return latents_lib.normalize(stored, mean, std).astype(np.float32)
+  mean, std = latents.load_stats(latents.stats_path(config), SHAPE)
+  return latents.normalize(stored, mean, std).astype(np.float32)
 
 
 def test_latent_batches_are_a_pure_function_of_seed_and_step(latent_config):
   config, stored = latent_config
-  src = input_pipeline._source(config)
+  src = pipeline._source(config)
   assert src.num_examples == N and tuple(src.example_shape) == SHAPE
   # The same rows as an in-memory ArraySource over the normalized set.
-  memory = input_pipeline.ArraySource(_normalized(config, stored), 16, 0)
-  other = input_pipeline._source(config)  # A fresh (resumed) process.
+  memory = pipeline.ArraySource(_normalized(config, stored), 16, 0)
+  other = pipeline._source(config)  # A fresh (resumed) process.
   steps = range(src.steps_per_epoch * 2 + 1)  # Two epochs and a bit.
   for step in reversed(steps):
     a = src.local_batch(step, 0, 1)
@@ -74,7 +74,7 @@ def test_latent_batches_are_a_pure_function_of_seed_and_step(latent_config):
   assert len(np.unique(epoch.reshape(48, -1), axis=0)) == 48  # No repeats.
   config.seed = 1
   assert not np.allclose(
-    input_pipeline._source(config).local_batch(0, 0, 1),
+    pipeline._source(config).local_batch(0, 0, 1),
     src.local_batch(0, 0, 1),
   )
 
@@ -82,14 +82,14 @@ def test_latent_batches_are_a_pure_function_of_seed_and_step(latent_config):
 @pytest.mark.parametrize("count", [1, 2, 4])
 def test_process_rows_partition_the_global_batch(latent_config, count):
   config, _ = latent_config
-  src = input_pipeline._source(config)
+  src = pipeline._source(config)
   read = []
   records = src.data._records
   original = records.read
   records.read = lambda keys: (read.append(list(keys)), original(keys))[1]
   for step in (0, 5):
     parts = [src.local_batch(step, p, count) for p in range(count)]
-    whole = input_pipeline._source(config).local_batch(step, 0, 1)
+    whole = pipeline._source(config).local_batch(step, 0, 1)
     np.testing.assert_array_equal(np.concatenate(parts), whole)
     keys = read[-count:]
     # Each process read only its own 16 / count rows, none twice.
@@ -98,16 +98,15 @@ def test_process_rows_partition_the_global_batch(latent_config, count):
 
 
 def test_resumed_iterator_yields_the_batches_it_would_have(latent_config):
-  from ilct_jax import step as step_lib
 
   config, _ = latent_config
-  mesh = step_lib.make_mesh()
-  it = input_pipeline.create_iterator(config, mesh, start_step=0)
+  mesh = parallel.make_mesh()
+  it = pipeline.create_iterator(config, mesh, start_step=0)
   try:
     batches = [next(it) for _ in range(5)]
   finally:
     it.close()
-  resumed = input_pipeline.create_iterator(config, mesh, start_step=3)
+  resumed = pipeline.create_iterator(config, mesh, start_step=3)
   try:
     again = [next(resumed) for _ in range(2)]
   finally:
@@ -121,10 +120,9 @@ def test_resumed_iterator_yields_the_batches_it_would_have(latent_config):
 
 
 def test_num_examples_and_steps_come_from_the_dataset(latent_config):
-  from ilct_jax import train
 
   config, _ = latent_config
-  assert input_pipeline.num_examples(config) == N
+  assert pipeline.num_examples(config) == N
   config.train.num_steps, config.train.epochs = -1, 7
   assert train.total_steps(config, N) == (N // 16) * 7
 
@@ -134,26 +132,24 @@ def test_missing_or_unfinished_latent_dir_is_one_line(tiny_config, tmp_path):
   c.data.source, c.data.image_size, c.data.channels = "latents", 8, 4
   c.data.latent_dir = ""
   with pytest.raises(ValueError, match="data.latent_dir is empty"):
-    input_pipeline.num_examples(c)
+    pipeline.num_examples(c)
   c.data.latent_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError) as e:
-    input_pipeline.num_examples(c)
+    pipeline.num_examples(c)
   assert "has no latent dataset" in str(e.value) and "\n" not in str(e.value)
-  assert "python -m ilct_jax.encode_latents" in str(e.value)
+  assert "python -m ilct_jax.data.encode" in str(e.value)
 
 
 def test_images_source_reads_a_tfds_split_under_mock_data(tiny_config):
   import tensorflow_datasets as tfds
 
-  from ilct_jax import step as step_lib
-
   c = tiny_config
   c.data.source, c.data.name = "images", "local_image_folder/16"
   c.data.image_size, c.data.channels, c.data.flip_double = 8, 3, True
   with tfds.testing.mock_data(num_examples=20):
-    src = input_pipeline._source(c)
+    src = pipeline._source(c)
     assert src.num_examples == 40  # 20 images and their mirrors.
-    it = input_pipeline.create_iterator(c, step_lib.make_mesh(), start_step=0)
+    it = pipeline.create_iterator(c, parallel.make_mesh(), start_step=0)
     try:
       batch = np.asarray(next(it))
     finally:

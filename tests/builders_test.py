@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import image_data
+from ilct_jax.data import build, image_ops, tfds_images
+from ilct_jax.data.builders import image_folder
 
 SIZE = 16
 
@@ -34,7 +35,6 @@ def _write_folder(root: str, n: int = 6, seed: int = 0) -> dict[str, str]:
 
 
 def _build(name: str, manual: str, data_dir: str) -> dict:
-  from ilct_jax.datasets import build
 
   return build.build(name, manual, data_dir)
 
@@ -55,37 +55,37 @@ def built(tmp_path_factory):
 
 def test_center_crop_takes_the_central_square():
   image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-  out = image_data.center_crop_resize(image, 4)
+  out = image_ops.center_crop_resize(image, 4)
   np.testing.assert_array_equal(out, image[:, 1:5])
   tall = image.transpose(1, 0, 2)  # 6 x 4: rows 1..4 are central.
   np.testing.assert_array_equal(
-    image_data.center_crop_resize(tall, 4), tall[1:5]
+    image_ops.center_crop_resize(tall, 4), tall[1:5]
   )
 
 
 def test_resize_is_antialiased_bicubic_and_range_is_signed():
   # A constant image stays constant through crop + resize + mapping.
   image = np.full((40, 30, 3), 51, np.uint8)
-  out = image_data.preprocess(image, 8)
+  out = image_ops.preprocess(image, 8)
   assert out.shape == (8, 8, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, 51 / 127.5 - 1.0, atol=1e-6)
   np.testing.assert_array_equal(
-    image_data.to_signed(np.array([0, 255], np.uint8)), [-1.0, 1.0]
+    image_ops.to_signed(np.array([0, 255], np.uint8)), [-1.0, 1.0]
   )
 
 
 def test_grayscale_and_alpha_become_rgb():
   gray = np.arange(16, dtype=np.uint8).reshape(4, 4)
-  rgb = image_data.center_crop_resize(gray, 4)
+  rgb = image_ops.center_crop_resize(gray, 4)
   assert rgb.shape == (4, 4, 3)
   np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
   rgba = np.zeros((4, 4, 4), np.uint8)
-  assert image_data.center_crop_resize(rgba, 4).shape == (4, 4, 3)
+  assert image_ops.center_crop_resize(rgba, 4).shape == (4, 4, 3)
 
 
 def test_small_image_is_refused_with_one_line():
   with pytest.raises(ValueError) as e:
-    image_data.center_crop_resize(np.zeros((10, 12, 3), np.uint8), 16)
+    image_ops.center_crop_resize(np.zeros((10, 12, 3), np.uint8), 16)
   msg = str(e.value)
   assert "12x10" in msg and "smaller than the target 16x16" in msg
   assert "\n" not in msg
@@ -96,21 +96,21 @@ def test_flip_doubling_appends_mirrors():
   base = [
     {"image": rng.integers(0, 256, (8, 8, 3), np.uint8)} for _ in range(3)
   ]
-  array = image_data.ImageArray(base, 8, flip_double=True)
+  array = tfds_images.ImageArray(base, 8, flip_double=True)
   assert array.shape == (6, 8, 8, 3)
   x = array[np.arange(6)]
   np.testing.assert_array_equal(x[3:], x[:3, :, ::-1])
-  np.testing.assert_array_equal(x[0], image_data.to_signed(base[0]["image"]))
+  np.testing.assert_array_equal(x[0], image_ops.to_signed(base[0]["image"]))
   with pytest.raises(IndexError):
     array[[6]]
 
 
 def test_corrupt_files_are_detected(tmp_path):
   names = _write_folder(str(tmp_path), n=1)
-  assert image_data.load_image(str(tmp_path / names["garbage"])) is None
-  assert image_data.read_size(str(tmp_path / "truncated.png")) == (32, 32)
-  assert image_data.load_image(str(tmp_path / "truncated.png")) is None
-  gray = image_data.load_image(str(tmp_path / names["gray"]))
+  assert image_ops.load_image(str(tmp_path / names["garbage"])) is None
+  assert image_ops.read_size(str(tmp_path / "truncated.png")) == (32, 32)
+  assert image_ops.load_image(str(tmp_path / "truncated.png")) is None
+  gray = image_ops.load_image(str(tmp_path / names["gray"]))
   assert gray.shape == (18, 18, 3)
 
 
@@ -123,13 +123,13 @@ def test_folder_builder_skips_and_counts_corrupt_files(built):
   assert summary["splits"] == {"train": 7}
   assert summary["corrupt"] == {"train": 2}
   assert (
-    image_data.corrupt_count(f"local_image_folder/{SIZE}", built["data_dir"])
+    tfds_images.corrupt_count(f"local_image_folder/{SIZE}", built["data_dir"])
     == 2
   )
 
 
 def test_folder_builder_stores_preprocessed_images_in_path_order(built):
-  src = image_data.open_split(
+  src = tfds_images.open_split(
     f"local_image_folder/{SIZE}", "train", built["data_dir"]
   )
   names = [src[i]["filename"].decode() for i in range(len(src))]
@@ -137,8 +137,8 @@ def test_folder_builder_stores_preprocessed_images_in_path_order(built):
   for i, name in enumerate(names):
     image = src[i]["image"]
     assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
-    raw = image_data.load_image(os.path.join(built["images"], name))
-    want = image_data.center_crop_resize(raw, SIZE)
+    raw = image_ops.load_image(os.path.join(built["images"], name))
+    want = image_ops.center_crop_resize(raw, SIZE)
     np.testing.assert_array_equal(image, want)  # PNG storage is lossless.
   gray = src[names.index("sub/gray.png")]["image"]
   np.testing.assert_array_equal(gray[..., 0], gray[..., 1])
@@ -191,7 +191,7 @@ def test_missing_or_empty_folder_is_one_clear_line(tmp_path, why):
   assert "\n" not in msg and why in msg
   assert "CelebA-HQ images folder" in msg
   assert f"--dataset=celeb_a_hq_folder/{SIZE}" in msg
-  assert "python -m ilct_jax.datasets.build" in msg
+  assert "python -m ilct_jax.data.build" in msg
   # Nothing half-written looks finished: the dataset is not prepared.
   assert not (
     tmp_path / "d" / "celeb_a_hq_folder" / str(SIZE) / "1.0.0"
@@ -215,10 +215,10 @@ def test_images_smaller_than_the_size_stop_the_build(tmp_path):
 
 def test_unbuilt_dataset_says_how_to_build(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
-    image_data.open_split("ffhq_folder/32", "train", str(tmp_path))
+    tfds_images.open_split("ffhq_folder/32", "train", str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg and "is not built" in msg
-  assert "python -m ilct_jax.datasets.build --dataset=ffhq_folder/32" in msg
+  assert "python -m ilct_jax.data.build --dataset=ffhq_folder/32" in msg
 
 
 @pytest.mark.parametrize(
@@ -234,9 +234,9 @@ def test_builders_under_tfds_mock_data(name):
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=5):
-    src = image_data.open_split(name, "train")
+    src = tfds_images.open_split(name, "train")
     # LSUN images have random sizes (5..49 px): all are cropped to squares.
-    array = image_data.ImageArray(src, 4, flip_double=True)
+    array = tfds_images.ImageArray(src, 4, flip_double=True)
     x = array[np.arange(10)]
   assert x.shape == (10, 4, 4, 3) and x.dtype == np.float32
   assert -1.0 <= x.min() and x.max() <= 1.0 and x.std() > 0
@@ -249,15 +249,13 @@ def test_unknown_dataset_or_size_is_one_line(tmp_path):
     ("celeb_a_hq_folder/300", "BuilderConfig 300 not found"),
   ]:
     with pytest.raises(ValueError) as e:
-      image_data.open_split(name, "train", str(tmp_path))
+      tfds_images.open_split(name, "train", str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and part in msg and "is not a known tfds" in msg
 
 
 def test_split_built_as_tfrecord_is_refused_with_the_fix(built, tmp_path):
   import tensorflow_datasets as tfds
-
-  from ilct_jax.datasets import image_folder
 
   builder = image_folder.LocalImageFolder(
     config=str(SIZE), data_dir=str(tmp_path)
@@ -267,7 +265,7 @@ def test_split_built_as_tfrecord_is_refused_with_the_fix(built, tmp_path):
     file_format="tfrecord",
   )
   with pytest.raises(ValueError) as e:
-    image_data.open_split(f"local_image_folder/{SIZE}", "train", str(tmp_path))
+    tfds_images.open_split(f"local_image_folder/{SIZE}", "train", str(tmp_path))
   msg = str(e.value)
   assert "\n" not in msg and "not stored as ArrayRecord" in msg
   assert "convert_format" in msg

@@ -4,7 +4,7 @@ Users download pytorch-fid's FID weights themselves (the release asset
 `pt_inception-2015-12-05-6726825d.pth` of github.com/mseitzer/pytorch-fid);
 nothing here touches the network. Conversion, once:
 
-  python -m ilct_jax.convert_inception \
+  python -m ilct_jax.models.convert_inception \
     --pth=pt_inception-2015-12-05-6726825d.pth --out=inception_fid.npz
 
 The `.pth` is read with `torch.load(weights_only=True)`, which unpickles only
@@ -199,7 +199,8 @@ def load_inception(
   if not os.path.isfile(path):
     raise FileNotFoundError(
       f"No converted Inception checkpoint at {path!r}; run python -m "
-      "ilct_jax.convert_inception --pth=pt_inception-...pth --out=" + path
+      "ilct_jax.models.convert_inception --pth=pt_inception-...pth --out="
+      + path
     )
   module = inception.InceptionV3(**module_kwargs)
   expected = _flat_shapes(module.num_classes)
@@ -212,7 +213,7 @@ def load_inception(
     if stored[p].shape != shape:
       raise ValueError(
         f"{path}: {'/'.join(p)} has shape {stored[p].shape}, expected "
-        f"{shape}; re-run ilct_jax.convert_inception on the weight file."
+        f"{shape}; re-run ilct_jax.models.convert_inception on the weight file."
       )
   return module, _unflatten(stored)
 

@@ -1,8 +1,9 @@
 """Converts diffusers AutoencoderKL weights into ilct_jax's Flax VAE format.
 
 Usage:
-  python -m ilct_jax.convert_vae --src PATH --out OUT_DIR
-  python -m ilct_jax.convert_vae --hub_id stabilityai/sd-vae-ft-ema --out DIR
+  python -m ilct_jax.models.convert_vae --src PATH --out OUT_DIR
+  python -m ilct_jax.models.convert_vae --hub_id stabilityai/sd-vae-ft-ema \
+    --out DIR
 
 `--src` is what users have on disk: a diffusers model directory (`config.json`
 + `diffusion_pytorch_model.safetensors`, or a pipeline directory with a `vae/`
@@ -44,8 +45,8 @@ from absl import app, flags, logging
 from flax import traverse_util
 from safetensors import safe_open
 
-from ilct_jax.autoencoder import SCALING_FACTOR
 from ilct_jax.models import vae as vae_lib
+from ilct_jax.models.autoencoder import SCALING_FACTOR
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 _LEGACY_ATTENTION = {
@@ -345,14 +346,6 @@ def _download(hub_id: str) -> str:
   )
 
 
-flags.DEFINE_string("src", None, "diffusers VAE directory or .safetensors.")
-flags.DEFINE_string("hub_id", None, "Download this hub model instead of --src.")
-flags.DEFINE_string("out", None, "Output directory of the Flax checkpoint.")
-flags.DEFINE_bool(
-  "allow_other_scaling_factor", False, "Accept scaling_factor != 0.18215."
-)
-
-
 def main(argv):
   del argv
   f = flags.FLAGS
@@ -375,4 +368,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("src", None, "diffusers VAE directory or .safetensors.")
+  flags.DEFINE_string("hub_id", None, "Download this hub model, not --src.")
+  flags.DEFINE_string("out", None, "Output directory of the Flax checkpoint.")
+  flags.DEFINE_bool(
+    "allow_other_scaling_factor", False, "Accept scaling_factor != 0.18215."
+  )
   app.run(main)

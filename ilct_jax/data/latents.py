@@ -1,24 +1,33 @@
-"""The encoded-latent dataset: its on-disk format and the training source.
+"""Encoded SD-VAE latents: normalization, statistics and the on-disk format.
 
-`encode_latents` writes, into one directory (`data.latent_dir`):
+Normalization (docs/ALGORITHM.md section 10): stored latents are
+`posterior.sample() * 0.18215`. The reference (`--normalize-matrix`) divides
+by 0.18215, subtracts a PER-ELEMENT mean and divides by a per-element std
+(both [32, 32, 4] in NHWC, over the whole training set, std unbiased), then
+scales by 0.5 so the data std is sigma_data = 0.5:
+x0 = 0.5 * (stored / 0.18215 - mean) / std. Its inverse gives the unscaled
+latent that `vae.decode` takes: z = x0 * std / 0.5 + mean (no second division
+by 0.18215). Statistics are stored as `.npz` with arrays `mean` and `std`
+(never pickle).
+
+On-disk format: the encoding job (`ilct_jax.data.encode`) writes, into one
+directory (`data.latent_dir`):
 
   latents-<split>-<j>-of-<J>.array_record  chunk j: one record per example,
                                             the raw float32 bytes of a
-                                            stored latent [h, w, c] (NHWC,
-                                            `posterior.sample() * 0.18215`,
-                                            ALGORITHM.md section 10)
+                                            stored latent [h, w, c] (NHWC)
   latents-<split>-<j>-of-<J>.moments.npz   chunk j's count/mean/M2 (float64)
   plan.json                                 what is being encoded (written
                                             first; a rerun resumes only if
                                             it matches)
-  stats.npz                                 per-element mean/std (latents.py)
+  stats.npz                                 per-element mean/std
   manifest.json                             written LAST: the dataset is
                                             finished iff this exists
 
 Example i of the dataset is record i of the concatenated chunks, so any row
 can be read by random access: each process reads only the rows of the global
-batch it consumes (input_pipeline.ArraySource decides which), and the batch of
-step k is a pure function of (seed, k).
+batch it consumes (data/pipeline.py decides which), and the batch of step k is
+a pure function of (seed, k).
 """
 
 import functools
@@ -27,15 +36,100 @@ import json
 import os
 from typing import Any
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ilct_jax import latents
+from ilct_jax.models import vae as vae_lib
+from ilct_jax.models.autoencoder import SCALING_FACTOR
+
+TARGET_STD = 0.5  # sigma_data: normalized latents have per-element std 0.5.
+
 
 FORMAT = "ilct_jax.latents/1"
+
+
 MANIFEST = "manifest.json"
+
+
 PLAN = "plan.json"
+
+
 STATS = "stats.npz"
+
+
+def normalize(stored, mean, std):
+  """Stored (scaled) latents -> training data x0 with std 0.5 per element."""
+  return TARGET_STD * (stored / SCALING_FACTOR - mean) / std
+
+
+def denormalize(x0, mean, std):
+  """Training-space x0 -> the unscaled latent z that the VAE decoder takes."""
+  return x0 * std / TARGET_STD + mean
+
+
+def to_stored(x0, mean, std):
+  """Training-space x0 -> stored (scaled) latents; inverse of normalize."""
+  return denormalize(x0, mean, std) * SCALING_FACTOR
+
+
+def compute_stats(unscaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-element mean and unbiased std over axis 0 of unscaled latents.
+
+  Args:
+    unscaled: [N, H, W, C] latents already divided by SCALING_FACTOR.
+
+  Returns:
+    (mean, std), each float32 [H, W, C] (float64 accumulation).
+  """
+  x = np.asarray(unscaled, np.float64)
+  if x.shape[0] < 2:
+    raise ValueError("latent statistics need at least 2 latents")
+  return (
+    x.mean(axis=0).astype(np.float32),
+    x.std(axis=0, ddof=1).astype(np.float32),
+  )
+
+
+def save_stats(path: str, mean: np.ndarray, std: np.ndarray) -> None:
+  """Writes mean/std to an `.npz` (atomically: temp file, then rename)."""
+  tmp = path + ".tmp.npz"
+  np.savez(
+    tmp, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32)
+  )
+  os.replace(tmp, path)
+
+
+def load_stats(
+  path: str, shape: tuple[int, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """Reads mean/std and checks them against the latent shape [H, W, C]."""
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(
+      f"latent statistics {path!r} not found; run `python -m "
+      "ilct_jax.data.encode` first or set data.stats_path"
+    )
+  with np.load(path) as f:
+    missing = {"mean", "std"} - set(f.files)
+    if missing:
+      raise ValueError(
+        f"stats file {path} lacks {sorted(missing)}; it must hold 'mean' and "
+        "'std' arrays (re-run ilct_jax.data.encode)"
+      )
+    mean, std = f["mean"].astype(np.float32), f["std"].astype(np.float32)
+  if mean.shape != std.shape or (shape is not None and mean.shape != shape):
+    raise ValueError(
+      f"stats file {path} has mean {mean.shape} / std {std.shape} but the "
+      f"latents are {shape}; use the stats made for this dataset and VAE"
+    )
+  if not np.all(std > 0):
+    raise ValueError(f"stats file {path} has non-positive std entries")
+  return mean, std
+
+
+def as_jnp(mean: np.ndarray, std: np.ndarray):
+  """Stats as float32 device arrays."""
+  return jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -56,8 +150,6 @@ def _file_key(path: str) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: str, key: tuple) -> str:
   del key  # Only part of the cache key: a rewritten file is hashed again.
-  from ilct_jax.models import vae as vae_lib
-
   with open(os.path.join(path, vae_lib.CONFIG_FILE)) as f:
     config = json.load(f)
   digest = hashlib.sha256()
@@ -77,13 +169,12 @@ def vae_fingerprint(path: str) -> str:
   Hashes the arrays, not the .npz bytes, so the same weights saved twice
   (zip timestamps differ) have the same fingerprint.
   """
-  from ilct_jax.models import vae as vae_lib
-
   params = os.path.join(path, vae_lib.PARAMS_FILE)
   if not os.path.isfile(params):
     raise FileNotFoundError(
       f"no {vae_lib.PARAMS_FILE} in VAE checkpoint directory {path!r}; set "
-      "vae.path to a directory written by `python -m ilct_jax.convert_vae`"
+      "vae.path to a directory written by `python -m "
+      "ilct_jax.models.convert_vae`"
     )
   return _fingerprint(os.path.abspath(path), _file_key(params))
 
@@ -101,7 +192,7 @@ def read_manifest(latent_dir: str) -> dict[str, Any]:
   if not latent_dir:
     raise ValueError(
       "data.latent_dir is empty; set it to the directory written by "
-      "`python -m ilct_jax.encode_latents`"
+      "`python -m ilct_jax.data.encode`"
     )
   path = os.path.join(latent_dir, MANIFEST)
   if not os.path.isfile(path):
@@ -109,15 +200,15 @@ def read_manifest(latent_dir: str) -> dict[str, Any]:
     state = "is unfinished" if partial else "has no latent dataset"
     raise FileNotFoundError(
       f"{latent_dir} {state} (no {MANIFEST}); run `python -m "
-      "ilct_jax.encode_latents --config=... --workdir=" + latent_dir + "` "
+      "ilct_jax.data.encode --config=... --workdir=" + latent_dir + "` "
       "(a rerun resumes where it stopped)"
     )
   with open(path) as f:
     manifest = json.load(f)
   if manifest.get("format") != FORMAT or not manifest.get("complete"):
     raise ValueError(
-      f"{path} is not a finished {FORMAT} manifest; re-run encode_latents "
-      "with --overwrite"
+      f"{path} is not a finished {FORMAT} manifest; re-run "
+      "ilct_jax.data.encode with --overwrite"
     )
   return manifest
 
@@ -145,7 +236,7 @@ def check_manifest(manifest: dict, config: ml_collections.ConfigDict) -> None:
         f"{where} was encoded with another VAE ({theirs[:19]}, from "
         f"{manifest['vae']['path']}) than vae.path={config.vae.path} "
         f"({mine[:19]}); point vae.path at that VAE or re-encode with "
-        "encode_latents --overwrite"
+        "ilct_jax.data.encode --overwrite"
       )
 
 
@@ -189,7 +280,7 @@ class LatentArray:
   """A lazy [N, h, w, c] array of normalized latents over the chunk files.
 
   `array[indices]` reads just those records (random access) and returns
-  float32 x0 = 0.5 * (stored / 0.18215 - mean) / std (latents.normalize).
+  float32 x0 = 0.5 * (stored / 0.18215 - mean) / std (`normalize`).
   """
 
   def __init__(self, files: list[str], shape, mean, std):
@@ -219,7 +310,7 @@ class LatentArray:
     return flat.reshape(len(keys), *self.example_shape)
 
   def __getitem__(self, indices) -> np.ndarray:
-    x = latents.normalize(self.stored(indices), self._mean, self._std)
+    x = normalize(self.stored(indices), self._mean, self._std)
     return x.astype(np.float32, copy=False)
 
 
@@ -234,26 +325,14 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
   if missing:
     raise FileNotFoundError(
       f"{len(missing)} latent file(s) listed in the manifest are missing "
-      f"(e.g. {missing[0]}); re-encode with encode_latents --overwrite"
+      f"(e.g. {missing[0]}); re-encode with ilct_jax.data.encode --overwrite"
     )
-  mean, std = latents.load_stats(stats_path(config), shape)
+  mean, std = load_stats(stats_path(config), shape)
   array = LatentArray(files, shape, mean, std)
   if len(array) != manifest["num_examples"]:
     raise ValueError(
       f"{d.latent_dir} holds {len(array)} latents but its manifest says "
-      f"{manifest['num_examples']}; re-encode with encode_latents --overwrite"
+      f"{manifest['num_examples']}; re-encode with ilct_jax.data.encode "
+      "--overwrite"
     )
   return array
-
-
-def make_source(config: ml_collections.ConfigDict):
-  """The `latents` training source (see input_pipeline.ArraySource).
-
-  Returns:
-    An object with `num_examples`, `example_shape` and `local_batch(step,
-    process_index, process_count)` giving normalized float32 latents.
-  """
-  from ilct_jax import input_pipeline
-
-  array = open_latents(config)
-  return input_pipeline.ArraySource(array, config.train.batch_size, config.seed)

@@ -3,10 +3,10 @@
 FFHQ ships as 70,000 PNGs in numbered subfolders (images1024x1024/00000/...);
 the builder walks all subfolders, so point --manual_dir at the folder that
 holds them. At size 256 every image is resized from 1024 with an antialiased
-bicubic filter (image_data.py). ALGORITHM.md section 10: ffhq = 70,000.
+bicubic filter (image_ops.py). ALGORITHM.md section 10: ffhq = 70,000.
 """
 
-from ilct_jax.datasets import image_folder
+from ilct_jax.data.builders import image_folder
 
 
 class FfhqFolder(image_folder.ImageFolderBuilder):
@@ -16,6 +16,6 @@ class FfhqFolder(image_folder.ImageFolderBuilder):
   TITLE = "FFHQ images"
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
   Put the FFHQ PNGs (e.g. images1024x1024 with its numbered subfolders) in
-  <manual_dir>/ffhq, then run `python -m ilct_jax.datasets.build
+  <manual_dir>/ffhq, then run `python -m ilct_jax.data.build
   --dataset=ffhq_folder/256 --manual_dir=FOLDER`.
   """

@@ -10,12 +10,12 @@ each process saves and featurizes its own rows on its local devices and the
 features are gathered. Samples depend on (eval.seed, sampler, batch) only.
 Output: workdir/eval/metrics_<step>.json and TensorBoard `eval/fid_<sampler>`
 (and precision/recall); `train_time_fid` logs `train_eval/...`. Reference of
-digits: python -m ilct_jax.evaluate --config=... --stats_out=... (docs/EVAL.md).
+digits: python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
+(docs/EVAL.md).
 """
 
 import concurrent.futures
 import functools
-import io
 import json
 import os
 import time
@@ -30,18 +30,14 @@ from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilct_jax import checkpointing, fid, generate, sampling
+from ilct_jax import checkpointing, parallel, sampling
 from ilct_jax import state as state_lib
-from ilct_jax import step as step_lib
+from ilct_jax.data import digits
+from ilct_jax.evaluation import features, fid, generate, image_io
 from ilct_jax.models import inception
 
 PyTree = Any
 Config = ml_collections.ConfigDict
-SAVE_FORMATS = ("", "png", "jpeg")
-# The reference saves samples with PIL's `save("x.jpg")`, whose default
-# quality is 75 (ALGORITHM.md 14); FID then reads those JPEGs.
-JPEG_QUALITY = 75
-_FORMATS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg")}
 
 
 def ema_decay(config: Config) -> float:
@@ -52,9 +48,12 @@ def ema_decay(config: Config) -> float:
 
 def _reference_command(config: Config, path: str) -> str:
   if config.data.source == "digits":
-    cmd = "ilct_jax.evaluate --config=<this config> --stats_out="
+    cmd = "ilct_jax.evaluation.evaluate --config=<this config> --stats_out="
   else:
-    cmd = "ilct_jax.fid --inception=<.npz> --images=<real images> --out="
+    cmd = (
+      "ilct_jax.evaluation.features --inception=<.npz> "
+      "--images=<real images> --out="
+    )
   return f"python -m {cmd}{path} --features_out=<features.npy>"
 
 
@@ -64,7 +63,8 @@ def _check_files(config: Config) -> None:
     raise FileNotFoundError(
       f"eval.inception_path={ev.inception_path!r} is not a file; download "
       "pytorch-fid's pt_inception-2015-12-05-6726825d.pth and run python -m "
-      "ilct_jax.convert_inception --pth=<that file> --out=inception_fid.npz"
+      "ilct_jax.models.convert_inception --pth=<that file> "
+      "--out=inception_fid.npz"
     )
   if not ev.ref_stats or not os.path.isfile(ev.ref_stats):
     raise FileNotFoundError(
@@ -79,8 +79,8 @@ def _check_files(config: Config) -> None:
   if config.data.source != "digits" and not config.vae.path:
     raise ValueError(
       "eval decodes latents with the SD VAE but vae.path is empty; run "
-      "python -m ilct_jax.convert_vae --src=<diffusers VAE> --out=DIR and "
-      "set --config.vae.path=DIR"
+      "python -m ilct_jax.models.convert_vae --src=<diffusers VAE> "
+      "--out=DIR and set --config.vae.path=DIR"
     )
 
 
@@ -92,7 +92,7 @@ def check_eval_config(config: Config) -> None:
   evaluation; eval mode calls it before restoring.
   """
   ev, n = config.eval, jax.device_count()
-  if ev.save_images not in SAVE_FORMATS:
+  if ev.save_images not in image_io.SAVE_FORMATS:
     raise ValueError(
       f"eval.save_images={ev.save_images!r} is unknown; choose '', png or jpeg"
     )
@@ -121,36 +121,6 @@ def check_eval_config(config: Config) -> None:
   _check_files(config)
 
 
-@functools.lru_cache(maxsize=2)
-def feature_fn(path: str, size: int) -> Callable[[np.ndarray], jax.Array]:
-  """Cached f(uint8 [b, H, W, 3]) -> pool3 [b, 2048] on this host's devices.
-
-  Loaded and jitted once per (path, size), reused by every later call; b
-  must divide over the local devices. pytorch-fid's input path: /255,
-  bilinear resize to `size` (299 in the protocol), [0, 1] -> [-1, 1].
-  """
-  from ilct_jax import convert_inception
-
-  module, variables = convert_inception.load_inception(path, resize_input=False)
-  devices = jax.local_devices()
-  # Virtual CPU devices (jax_num_cpu_devices) share the host's cores:
-  # sharding Inception over 8 of them measured ~5x slower than one device.
-  devices = devices[:1] if devices[0].platform == "cpu" else devices
-  mesh = Mesh(np.array(devices), ("data",))
-  rows, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  variables = jax.device_put(variables, replicated)
-
-  def features(v: PyTree, images: jax.Array) -> jax.Array:
-    x = images.astype(jnp.float32) / 255.0  # pytorch-fid's ToTensor.
-    x = inception.resize_bilinear(x, size)  # Identity at 299.
-    return module.apply(v, x)["pool3"]
-
-  jitted = jax.jit(
-    features, in_shardings=(replicated, rows), out_shardings=rows
-  )
-  return lambda images: jitted(variables, images)
-
-
 @functools.lru_cache(maxsize=4)
 def _reference(stats: str, features: str) -> tuple[Any, Any, Any]:
   """(mu, sigma, features [N, D] or None), read once per run."""
@@ -162,7 +132,7 @@ def _reference(stats: str, features: str) -> tuple[Any, Any, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _mesh() -> Mesh:
-  return step_lib.make_mesh()
+  return parallel.make_mesh()
 
 
 @functools.lru_cache(maxsize=8)
@@ -184,53 +154,20 @@ def _quantizer(sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
   """jit([-1, 1] images) -> uint8 RGB, keeping the batch sharding."""
 
   def quantize(images: jax.Array) -> jax.Array:
-    # sampling.to_uint8, on the devices: clip((x + 1) / 2, 0, 1) * 255.
-    x = jnp.round(jnp.clip((images + 1.0) / 2.0, 0.0, 1.0) * 255.0)
-    return to_rgb(x.astype(jnp.uint8), jnp)
+    return image_io.to_rgb(image_io.to_uint8(images), jnp)
 
   return jax.jit(quantize, out_shardings=sharding)
 
 
-def to_rgb(images: Any, xp: Any = np) -> Any:
-  """Grayscale (C = 1) -> RGB by repetition; RGB passes through."""
-  c = images.shape[-1]
-  if c not in (1, 3):
-    raise ValueError(
-      f"FID needs grayscale or RGB images, got {c} channels; decode latents "
-      "first (set vae.path)"
-    )
-  return xp.repeat(images, 3, axis=-1) if c == 1 else images
-
-
-def _local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """This process's rows of a batch-sharded array and their batch indices."""
-  rows, index, seen = [], [], set()
-  for shard in sorted(
-    x.addressable_shards, key=lambda s: s.index[0].start or 0
-  ):
-    start = shard.index[0].start or 0
-    if start not in seen:  # Skip replicas of rows already taken.
-      seen.add(start)
-      rows.append(np.asarray(shard.data))
-      index.append(np.arange(start, start + rows[-1].shape[0]))
-  return np.concatenate(rows), np.concatenate(index)
-
-
 def _save_rows(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
   """Saves rows[keep] as <index>.<ext>; returns the pixels FID must see."""
-  from PIL import Image  # Only saving needs Pillow.
-
-  (pil_format, ext), options = _FORMATS[fmt], {"quality": JPEG_QUALITY}
 
   def save(i: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(rows[i]).save(buf, format=pil_format, **options)
+    data, ext = image_io.encode(rows[i], fmt)
     with open(os.path.join(save_dir, f"{index[i]:06d}.{ext}"), "wb") as f:
-      f.write(buf.getbuffer())
-    if fmt != "jpeg":
-      return rows[i]  # PNG is lossless (and ignores `quality`).
-    with Image.open(io.BytesIO(buf.getvalue())) as img:  # FID sees the JPEG.
-      return np.asarray(img.convert("RGB"), np.uint8)
+      f.write(data)
+    # PNG is lossless; a JPEG is read back: FID sees what was saved.
+    return rows[i] if fmt == "png" else image_io.decode(data)
 
   out = rows.copy()
   out[keep] = list(pool.map(save, keep))
@@ -261,7 +198,7 @@ def _local_batches(
     ahead = images(0)
     for i in range(batches):  # Dispatch i + 1 before the host works on i.
       current, ahead = ahead, images(i + 1) if i + 1 < batches else None
-      rows, local = _local_rows(current)
+      rows, local = parallel.local_rows(current)
       local = local + i * ev.batch_size
       index.append(local)
       if fmt:  # Rows past num only pad the last batch: not saved.
@@ -285,12 +222,12 @@ def image_features(
   locally, with progress and ETA.
   """
   ev, index = config.eval, []
-  f = feature_fn(ev.inception_path, ev.inception_size)
+  f = features.load_feature_fn(ev.inception_path, ev.inception_size)
   local_bs = ev.batch_size // jax.process_count()
   batches = _local_batches(config, x0_batch, num, save_dir, index)
   total = -(-num // ev.batch_size) * local_bs
   quiet = jax.process_index() > 0
-  feats = fid.extract_features(
+  feats = features.extract_features(
     batches, f, local_bs, total, None if quiet else 30.0
   )
   index = np.concatenate(index)
@@ -321,31 +258,11 @@ def sample_features(
   return image_features(config, x0, num, save_dir)
 
 
-def frechet_to(feats: Any, mu_ref: Any, sigma_ref: Any) -> float:
-  """FID of features [N, D] against reference statistics.
-
-  N > D (the protocol: 50k > 2048) uses pytorch-fid's sqrtm route
-  (fid.frechet_distance). For N <= D the covariance A^T A (A = centred
-  features / sqrt(N - 1)) has rank < N, and the nonzero eigenvalues of
-  A^T A sigma_ref equal those of A sigma_ref A^T, so Tr sqrt(sigma
-  sigma_ref) comes exactly from an N x N eigh instead of a singular D x D
-  sqrtm (minutes on a CPU and inaccurate).
-  """
-  x = np.asarray(feats, np.float64)
-  if x.shape[0] > x.shape[1]:
-    return fid.frechet_distance(*fid.stats_from_features(x), mu_ref, sigma_ref)
-  mu = x.mean(axis=0)
-  a = (x - mu) / np.sqrt(x.shape[0] - 1)
-  eig = np.linalg.eigvalsh(a @ np.asarray(sigma_ref) @ a.T)
-  tr_sqrt, diff = np.sqrt(np.clip(eig, 0.0, None)).sum(), mu - mu_ref
-  return float(diff @ diff + np.sum(a * a) + np.trace(sigma_ref) - 2 * tr_sqrt)
-
-
 def metrics_from_features(config: Config, feats: Any) -> dict[str, float]:
   """FID vs eval.ref_stats; precision/recall (k=3) vs eval.ref_features."""
   ev = config.eval
   mu_ref, sigma_ref, ref_feats = _reference(ev.ref_stats, ev.ref_features)
-  out = {"fid": frechet_to(feats, mu_ref, sigma_ref)}
+  out = {"fid": fid.frechet_to(feats, mu_ref, sigma_ref)}
   if ref_feats is not None:
     out["precision"], out["recall"] = fid.precision_recall(ref_feats, feats)
   return out
@@ -406,11 +323,16 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
   out_dir = os.path.join(workdir, "eval")
   save_root = os.path.join(out_dir, str(step)) if ev.save_images else None
   record = dict(
-    step=step, ema_decay=ema_decay(config), num_samples=ev.num_samples,
-    seed=ev.seed, images=ev.save_images or "uint8", ref_stats=ev.ref_stats,
-    ref_features=ev.ref_features, inception_size=ev.inception_size,
+    step=step,
+    ema_decay=ema_decay(config),
+    num_samples=ev.num_samples,
+    seed=ev.seed,
+    images=ev.save_images or "uint8",
+    ref_stats=ev.ref_stats,
+    ref_features=ev.ref_features,
+    inception_size=ev.inception_size,
     samplers=evaluate_params(config, params, ev.num_samples, save_root),
-  )  # fmt: skip
+  )
   if jax.process_index() == 0:
     path = os.path.join(out_dir, f"metrics_{step}.json")
     os.makedirs(out_dir, exist_ok=True)
@@ -452,17 +374,15 @@ def dataset_reference(
   """Writes FID statistics (and features) of the first `num` digits (0: all).
 
   The data take the samples' decode / quantize / feature path (never JPEG).
-  Latent datasets use real images instead: python -m ilct_jax.fid. Returns
-  the [num, 2048] features.
+  Latent datasets use real images instead: python -m
+  ilct_jax.evaluation.features. Returns the [num, 2048] features.
   """
   if config.data.source != "digits":
     raise ValueError(
       f"data.source={config.data.source!r} has no built-in images; build "
       f"the reference with {_reference_command(config, stats_out)}"
     )
-  from ilct_jax import input_pipeline
-
-  data = input_pipeline.load_digits(config.data.image_size)
+  data = digits.load_digits(config.data.image_size)
   num, bs = num or data.shape[0], config.eval.batch_size
   if not 2 <= num <= data.shape[0]:
     raise ValueError(f"num={num} must be in [2, {data.shape[0]}] (digits)")

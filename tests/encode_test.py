@@ -1,4 +1,4 @@
-"""encode_latents: exact samples, stats, resume, hosts, refusals, end to end."""
+"""encode: exact samples, stats, resume, hosts, refusals, end to end."""
 
 import filecmp
 import json
@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import autoencoder, encode_latents, image_data, latent_data
-from ilct_jax import latents as latents_lib
+from ilct_jax import parallel, train
+from ilct_jax import state as state_lib
+from ilct_jax.data import build, encode, latents, pipeline, tfds_images
+from ilct_jax.evaluation import generate, image_io
+from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +35,6 @@ def _tiny_vae(seed: int = 0):
 def setup(tmp_path_factory):
   """A built image folder, a saved tiny VAE and one reference encode."""
   from configs import tiny
-  from ilct_jax.datasets import build
 
   root = tmp_path_factory.mktemp("enc")
   folder = root / "images"
@@ -59,7 +61,7 @@ def setup(tmp_path_factory):
     return c
 
   ref = root / "ref"
-  manifest = encode_latents.run(config(ref), str(ref))
+  manifest = encode.run(config(ref), str(ref))
   return {
     "root": root,
     "config": config,
@@ -70,14 +72,14 @@ def setup(tmp_path_factory):
 
 
 def _stored(config) -> np.ndarray:
-  array = latent_data.open_latents(config)
+  array = latents.open_latents(config)
   return array.stored(np.arange(len(array)))
 
 
 def _same_dataset(a: str, b: str) -> None:
   """Every latent chunk and the stats of two output dirs are identical."""
-  shards = json.load(open(os.path.join(a, latent_data.MANIFEST)))["files"]
-  for name in shards + [latent_data.STATS]:
+  shards = json.load(open(os.path.join(a, latents.MANIFEST)))["files"]
+  for name in shards + [latents.STATS]:
     assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), False), (
       name
     )
@@ -89,7 +91,7 @@ def test_manifest_describes_the_dataset(setup):
   assert m["shape"] == [8, 8, 4] and m["dtype"] == "float32"
   assert m["num_chunks"] == 4 and len(m["files"]) == 4
   assert m["source"]["corrupt_skipped"] == 1
-  assert m["vae"]["fingerprint"] == latent_data.vae_fingerprint(
+  assert m["vae"]["fingerprint"] == latents.vae_fingerprint(
     setup["config"]("").vae.path
   )
 
@@ -97,24 +99,24 @@ def test_manifest_describes_the_dataset(setup):
 def test_stats_equal_numpy_over_the_encoded_set(setup):
   config = setup["config"](setup["ref"])
   stored = _stored(config)
-  unscaled = stored.astype(np.float64) / latents_lib.SCALING_FACTOR
-  mean, std = latents_lib.load_stats(
+  unscaled = stored.astype(np.float64) / latents.SCALING_FACTOR
+  mean, std = latents.load_stats(
     os.path.join(setup["ref"], "stats.npz"), (8, 8, 4)
   )
   np.testing.assert_allclose(mean, unscaled.mean(0), rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(std, unscaled.std(0, ddof=1), rtol=1e-6)
-  ref_mean, ref_std = latents_lib.compute_stats(unscaled)
+  ref_mean, ref_std = latents.compute_stats(unscaled)
   np.testing.assert_allclose(mean, ref_mean, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(std, ref_std, rtol=1e-6)
 
 
 def test_normalize_then_inverse_returns_the_stored_latents(setup):
   config = setup["config"](setup["ref"])
-  array = latent_data.open_latents(config)
+  array = latents.open_latents(config)
   rows = np.arange(N_IMAGES)
   x0 = array[rows]
-  mean, std = latents_lib.load_stats(latent_data.stats_path(config), (8, 8, 4))
-  back = latents_lib.to_stored(x0, mean, std)
+  mean, std = latents.load_stats(latents.stats_path(config), (8, 8, 4))
+  back = latents.to_stored(x0, mean, std)
   np.testing.assert_allclose(back, array.stored(rows), rtol=2e-6, atol=2e-7)
   # Per element the normalized set has mean 0 and std sigma_data = 0.5.
   np.testing.assert_allclose(x0.mean(0), 0.0, atol=1e-5)
@@ -125,7 +127,7 @@ def test_latents_are_posterior_samples_keyed_by_example_index(setup):
   config = setup["config"](setup["ref"])
   stored = _stored(config)
   vae, params = setup["vae"]
-  images = image_data.make_array(config, 16)
+  images = tfds_images.make_array(config, 16)
   base = jax.random.fold_in(jax.random.key(config.seed), 1)
   for i in (0, 7, N_IMAGES - 1):
     mean, logvar = autoencoder.encode_pure(vae, params, images[[i]])
@@ -133,14 +135,14 @@ def test_latents_are_posterior_samples_keyed_by_example_index(setup):
     want = autoencoder.sample_latents(key, mean[0], logvar[0])
     np.testing.assert_allclose(stored[i], want, rtol=1e-4, atol=1e-5)
     # A sample, not the posterior mean (ALGORITHM 10).
-    assert not np.allclose(stored[i], mean[0] * latents_lib.SCALING_FACTOR)
+    assert not np.allclose(stored[i], mean[0] * latents.SCALING_FACTOR)
 
 
 def test_interrupted_encode_resumes_to_the_same_dataset(
   setup, tmp_path, monkeypatch
 ):
   config = setup["config"](tmp_path)
-  real_write, calls = encode_latents.write_chunk, []
+  real_write, calls = encode.write_chunk, []
 
   def dying_write(out_dir, shard, stored):
     calls.append(shard)
@@ -150,18 +152,18 @@ def test_interrupted_encode_resumes_to_the_same_dataset(
       raise RuntimeError("killed")
     real_write(out_dir, shard, stored)
 
-  monkeypatch.setattr(encode_latents, "write_chunk", dying_write)
+  monkeypatch.setattr(encode, "write_chunk", dying_write)
   with pytest.raises(RuntimeError, match="killed"):
-    encode_latents.run(config, str(tmp_path))
+    encode.run(config, str(tmp_path))
   with pytest.raises(FileNotFoundError, match="is unfinished"):
-    latent_data.make_source(config)
+    latents.open_latents(config)
   calls.clear()
-  monkeypatch.setattr(encode_latents, "write_chunk", real_write)
+  monkeypatch.setattr(encode, "write_chunk", real_write)
   spy = []
   monkeypatch.setattr(
-    encode_latents, "write_chunk", lambda *a: (spy.append(a[1]), real_write(*a))
+    encode, "write_chunk", lambda *a: (spy.append(a[1]), real_write(*a))
   )
-  manifest = encode_latents.run(config, str(tmp_path))
+  manifest = encode.run(config, str(tmp_path))
   assert len(spy) == 2  # Only the two unfinished chunks were encoded.
   assert manifest["files"] == setup["manifest"]["files"]
   _same_dataset(setup["ref"], str(tmp_path))
@@ -171,9 +173,7 @@ def test_two_simulated_processes_make_the_single_process_dataset(
   setup, tmp_path
 ):
   for count in (1, 2, 3, 5):
-    parts = [
-      list(encode_latents.owned_chunks(4, p, count)) for p in range(count)
-    ]
+    parts = [list(encode.owned_chunks(4, p, count)) for p in range(count)]
     assert sorted(sum(parts, [])) == [0, 1, 2, 3]  # Disjoint and complete.
   config = setup["config"](tmp_path)
   plan = {
@@ -184,21 +184,21 @@ def test_two_simulated_processes_make_the_single_process_dataset(
     vae={"path": config.vae.path},
     source={k: v for k, v in plan["source"].items() if k != "corrupt_skipped"},
   )
-  encode_latents.prepare_dir(str(tmp_path), plan, overwrite=False)
+  encode.prepare_dir(str(tmp_path), plan, overwrite=False)
   done = [
-    encode_latents.encode_part(
+    encode.encode_part(
       config, str(tmp_path), plan, process_index=p, process_count=2
     )
     for p in (1, 0)
   ]
   assert done == [8, 12]  # Chunks {2, 3} then {0, 1}.
-  encode_latents.finalize(str(tmp_path), plan)
+  encode.finalize(str(tmp_path), plan)
   _same_dataset(setup["ref"], str(tmp_path))
   # A finished directory is refused, and re-encoded only when asked.
   with pytest.raises(FileExistsError) as e:
-    encode_latents.run(config, str(tmp_path))
+    encode.run(config, str(tmp_path))
   assert "\n" not in str(e.value) and "--overwrite" in str(e.value)
-  encode_latents.run(config, str(tmp_path), overwrite=True)
+  encode.run(config, str(tmp_path), overwrite=True)
   _same_dataset(setup["ref"], str(tmp_path))
 
 
@@ -206,11 +206,11 @@ def test_partial_encode_with_another_vae_is_not_resumed(setup, tmp_path):
   config = setup["config"](tmp_path)
   vae, _ = _tiny_vae()
   vae_lib.save_vae(str(tmp_path / "vae2"), vae, _tiny_vae(seed=1)[1])
-  plan = encode_latents.make_plan(config, vae, N_IMAGES)
-  encode_latents.prepare_dir(str(tmp_path / "out"), plan, overwrite=False)
+  plan = encode.make_plan(config, vae, N_IMAGES)
+  encode.prepare_dir(str(tmp_path / "out"), plan, overwrite=False)
   config.vae.path = str(tmp_path / "vae2")
   with pytest.raises(ValueError) as e:
-    encode_latents.run(config, str(tmp_path / "out"))
+    encode.run(config, str(tmp_path / "out"))
   msg = str(e.value)
   assert "\n" not in msg and "vae_fingerprint" in msg and "--overwrite" in msg
 
@@ -221,7 +221,7 @@ def test_training_source_refuses_a_dataset_of_another_vae(setup, tmp_path):
   vae_lib.save_vae(str(tmp_path / "other"), vae, params)
   config.vae.path = str(tmp_path / "other")
   with pytest.raises(ValueError) as e:
-    latent_data.make_source(config)
+    latents.open_latents(config)
   msg = str(e.value)
   assert "\n" not in msg and "another VAE" in msg and "re-encode" in msg
 
@@ -229,11 +229,11 @@ def test_training_source_refuses_a_dataset_of_another_vae(setup, tmp_path):
 def test_stats_of_the_wrong_shape_are_refused(setup, tmp_path):
   config = setup["config"](setup["ref"])
   config.data.stats_path = str(tmp_path / "stats.npz")
-  latents_lib.save_stats(
+  latents.save_stats(
     config.data.stats_path, np.zeros((4, 4, 4)), np.ones((4, 4, 4))
   )
   with pytest.raises(ValueError) as e:
-    latent_data.make_source(config)
+    latents.open_latents(config)
   msg = str(e.value)
   assert "\n" not in msg and "(4, 4, 4)" in msg and "(8, 8, 4)" in msg
 
@@ -241,13 +241,13 @@ def test_stats_of_the_wrong_shape_are_refused(setup, tmp_path):
 def test_flip_double_encodes_mirrors_as_extra_rows(setup, tmp_path):
   config = setup["config"](tmp_path)
   config.data.flip_double = True
-  manifest = encode_latents.run(config, str(tmp_path))
+  manifest = encode.run(config, str(tmp_path))
   assert manifest["num_examples"] == 2 * N_IMAGES
   stored = _stored(config)
   vae, params = setup["vae"]
-  image = image_data.make_array(config, 16)[[0]]
+  image = tfds_images.make_array(config, 16)[[0]]
   np.testing.assert_array_equal(
-    image_data.make_array(config, 16)[[N_IMAGES]], image[:, :, ::-1]
+    tfds_images.make_array(config, 16)[[N_IMAGES]], image[:, :, ::-1]
   )
   mean, logvar = autoencoder.encode_pure(vae, params, image[:, :, ::-1])
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 1), N_IMAGES)
@@ -255,17 +255,17 @@ def test_flip_double_encodes_mirrors_as_extra_rows(setup, tmp_path):
   np.testing.assert_allclose(stored[N_IMAGES], want, rtol=1e-4, atol=1e-5)
   config.data.flip_double = False  # The training config must agree.
   with pytest.raises(ValueError, match="flip_double=True"):
-    latent_data.make_source(config)
+    latents.open_latents(config)
 
 
 def test_config_errors_are_one_line(setup, tmp_path):
   config = setup["config"](tmp_path)
   config.data.channels = 3
   with pytest.raises(ValueError, match="set data.channels=4"):
-    encode_latents.run(config, str(tmp_path))
+    encode.run(config, str(tmp_path))
   config.data.channels, config.vae.path = 4, ""
   with pytest.raises(ValueError, match="vae.path is empty"):
-    encode_latents.run(config, str(tmp_path))
+    encode.run(config, str(tmp_path))
 
 
 def _cli_encode(setup, tmp_path) -> tuple[list[str], dict]:
@@ -282,7 +282,7 @@ def _cli_encode(setup, tmp_path) -> tuple[list[str], dict]:
     f"  c.vae.path = {str(setup['root'] / 'vae')!r}\n"
     "  return c\n"
   )
-  module = "ilct_jax.encode_latents"
+  module = "ilct_jax.data.encode"
   out = tmp_path / "latents"
   cmd = [
     sys.executable,
@@ -301,17 +301,14 @@ def _train_sample_decode(config, tmp_path) -> None:
   one-level UNet: this test is about the data path, and that UNet compiles
   in a third of the tiny one's time (all loss techniques stay on).
   """
-  from ilct_jax import generate, input_pipeline, sampling, train
-  from ilct_jax import state as state_lib
-  from ilct_jax import step as step_lib
 
   m = config.model
   m.channel_mult, m.attn_resolutions, m.model_channels = (1,), (), 8
-  mesh = step_lib.make_mesh()
+  mesh = parallel.make_mesh()
   state = state_lib.create_train_state(config, mesh)
-  steps = train.total_steps(config, input_pipeline.num_examples(config))
+  steps = train.total_steps(config, pipeline.num_examples(config))
   train_fn = train.compile_step(config, mesh, state, steps)
-  batches = input_pipeline.create_iterator(config, mesh, start_step=0)
+  batches = pipeline.create_iterator(config, mesh, start_step=0)
   try:
     for _ in range(3):
       state, metrics = train_fn(state, next(batches))
@@ -323,8 +320,8 @@ def _train_sample_decode(config, tmp_path) -> None:
   for name, grid in images.items():
     assert grid.shape == (4, 16, 16, 3) and grid.dtype == np.uint8, name
     path = str(tmp_path / f"{name}.png")
-    tiles = sampling.make_grid(grid)
-    sampling.save_png(path, tiles)
+    tiles = image_io.make_grid(grid)
+    image_io.save_png(path, tiles)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), tiles)
 
 

@@ -4,19 +4,16 @@ Images are NHWC in [-1, 1]; latents are NHWC. "Scaled" latents are the VAE's
 latents times `SCALING_FACTOR`, the form the reference stores on disk
 (ALGORITHM.md section 10: `latent_dist.sample() * 0.18215`).
 
-Pure functions (`encode_pure`, `sample_latents`, `decode_pure`,
-`to_uint8`) can be called inside other jitted code; `make_codec` binds a
+Pure functions (`encode_pure`, `sample_latents`, `decode_pure`) can be
+called inside other jitted code; `make_codec` binds a
 module, its params and a mesh into jitted, batch-sharded versions with input
 checks that fail with one-line messages.
 """
 
-import statistics
-import time
 from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -60,17 +57,6 @@ def decode_pure(
   """
   latents = latents_scaled / SCALING_FACTOR
   return vae.apply({"params": params}, latents, method=vae.decode)
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-  """[-1, 1] images -> uint8 as the reference saves samples.
-
-  ALGORITHM.md section 14: clamp((x + 1) / 2, 0, 1) * 255; the reference
-  writes them with torchvision's `save_image`, which rounds (adds 0.5, then
-  truncates), so the same is done here.
-  """
-  unit = jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
-  return jnp.floor(unit * 255.0 + 0.5).astype(jnp.uint8)
 
 
 class Codec:
@@ -165,56 +151,3 @@ def make_codec(
       f" jax.make_mesh((n,), ({axis!r},))."
     )
   return Codec(vae, params, mesh, axis)
-
-
-def _median_seconds(fn, args, repeats: int) -> tuple[float, float]:
-  """(compile + first call seconds, median seconds of `repeats` calls)."""
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
-def benchmark(
-  image_size: int = 256, batch: int = 4, repeats: int = 3
-) -> dict[str, Any]:
-  """Encode/decode throughput of the SD VAE (random params), one device.
-
-  Args:
-    image_size: square image side in pixels (a multiple of 8).
-    batch: images per call.
-    repeats: timed calls after the compiling one; the median is reported.
-
-  Returns:
-    A dict with images/s for encode and decode, the compile (first-call)
-    seconds, the parameter count and the device.
-  """
-  vae = vae_lib.AutoencoderKL()
-  key_img, key_z = jax.random.split(jax.random.key(0))
-  params = vae_lib.random_params(vae)
-  mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
-  codec = make_codec(vae, params, mesh)
-  shape = (batch, image_size, image_size, vae.in_channels)
-  images = jax.random.uniform(key_img, shape, minval=-1.0, maxval=1.0)
-  enc_first, enc_s = _median_seconds(codec.encode, (images,), repeats)
-  latents = codec.sample_latents(key_z, *codec.encode(images))
-  dec_first, dec_s = _median_seconds(codec.decode, (latents,), repeats)
-  return {
-    "device": str(jax.devices()[0]),
-    "image_size": image_size,
-    "batch": batch,
-    "encode_images_per_s": batch / enc_s,
-    "decode_images_per_s": batch / dec_s,
-    "encode_first_call_s": enc_first,
-    "decode_first_call_s": dec_first,
-    "param_count": vae_lib.param_count(vae),
-  }
-
-
-if __name__ == "__main__":
-  print(benchmark())

@@ -9,15 +9,15 @@ the mesh axis "data".
 
 Sources (`data.source`):
   digits   the UCI handwritten digits shipped in ilct_jax/data (pixel mode,
-           the built-in demo), upsampled to data.image_size, in [-1, 1].
-  latents  SD-VAE latents written by `encode_latents`, normalized with their
-           per-element statistics (ilct_jax.latent_data).
+           the built-in demo, data/digits.py), upsampled to
+           data.image_size, in [-1, 1].
+  latents  SD-VAE latents written by `ilct_jax.data.encode`, normalized with
+           their per-element statistics (data/latents.py).
   images   a tfds image split (data.name), center-cropped and resized to
-           data.image_size, in [-1, 1] (pixel mode, ilct_jax.image_data).
+           data.image_size, in [-1, 1] (pixel mode, data/tfds_images.py).
 All three are random-access arrays read through `ArraySource`.
 """
 
-import os
 import queue
 import threading
 
@@ -27,21 +27,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ilct_jax.data import digits, latents, tfds_images
+
 SOURCES = ("digits", "latents", "images")
-DIGITS_PATH = os.path.join(os.path.dirname(__file__), "data", "digits.npz")
-
-
-def load_digits(image_size: int) -> np.ndarray:
-  """UCI digits as float32 [1797, S, S, 1] in [-1, 1] (bilinear upsampling)."""
-  with np.load(DIGITS_PATH) as f:
-    images = f["images"].astype(np.float32) / 16.0  # Values are 0..16.
-  if image_size != 8:
-    images = np.asarray(
-      jax.image.resize(
-        images, (images.shape[0], image_size, image_size), "linear"
-      )
-    )
-  return (images * 2.0 - 1.0)[..., None].astype(np.float32)
 
 
 class ArraySource:
@@ -81,26 +69,25 @@ class ArraySource:
     return self.data[rows[index * per : (index + 1) * per]]
 
 
-def _source(config: ml_collections.ConfigDict):
-  """The configured source: any object with `num_examples`, `example_shape`
-  and `local_batch(step, process_index, process_count)` (see ArraySource)."""
+def _source(config: ml_collections.ConfigDict) -> ArraySource:
+  """The configured source as an ArraySource over a random-access array."""
   d = config.data
   if d.source == "digits":
-    src = ArraySource(
-      load_digits(d.image_size), config.train.batch_size, config.seed
-    )
+    array = digits.load_digits(d.image_size)
   elif d.source == "latents":
-    from ilct_jax import latent_data  # Encoded SD-VAE latents.
-
-    src = latent_data.make_source(config)
+    array = latents.open_latents(config)
   elif d.source == "images":
-    from ilct_jax import image_data  # A tfds image split (pixel mode).
-
-    src = image_data.make_source(config)
+    if d.channels != 3:
+      raise ValueError(
+        f"data.source='images' gives RGB examples but data.channels="
+        f"{d.channels}; set data.channels=3"
+      )
+    array = tfds_images.make_array(config, d.image_size)
   else:
     raise ValueError(
       f"data.source={d.source!r} is unknown; choose one of {', '.join(SOURCES)}"
     )
+  src = ArraySource(array, config.train.batch_size, config.seed)
   expected = (d.image_size, d.image_size, d.channels)
   if tuple(src.example_shape) != expected:
     raise ValueError(

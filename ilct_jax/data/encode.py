@@ -1,14 +1,14 @@
 """Encodes an image split into SD-VAE latents once, resumably, for training.
 
-  python -m ilct_jax.encode_latents --config=configs/celeba.py \
+  python -m ilct_jax.data.encode --config=configs/celeba.py \
     --workdir=/data/latents/celeb_a_hq
 
 reads the tfds image split `data.name`:`data.split` (built with
-`ilct_jax.datasets.build`), preprocesses each image to 8 * data.image_size
-pixels (image_data.py; with `data.flip_double` the mirrors are added as rows
+`ilct_jax.data.build`), preprocesses each image to 8 * data.image_size
+pixels (data/image_ops.py; with `data.flip_double` the mirrors are added as rows
 N..2N-1), encodes it with the VAE at `vae.path`, and stores
 `posterior.sample() * 0.18215` (ALGORITHM.md section 10) in the format of
-latent_data.py, plus the per-element mean/std of stored / 0.18215 over the
+latents.py, plus the per-element mean/std of stored / 0.18215 over the
 whole set (unbiased std, NHWC) in stats.npz. The output directory is
 `--workdir`, or `data.latent_dir` when --workdir is not given.
 
@@ -42,7 +42,9 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilct_jax import autoencoder, image_data, latent_data, latents
+from ilct_jax.data import latents, tfds_images
+from ilct_jax.models import autoencoder
+from ilct_jax.models import vae as vae_lib
 
 # Folded into the seed so encoding noise is a stream of its own (the training
 # step derives its keys from the same config seed).
@@ -75,7 +77,7 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
       f"(got {n}) to encode and compute statistics"
     )
   return {
-    "format": latent_data.FORMAT,
+    "format": latents.FORMAT,
     "complete": False,
     "split": d.split,
     "source": {
@@ -87,7 +89,7 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
       "image_size": d.image_size * factor,
     },
     "vae": {"path": os.path.abspath(config.vae.path)},
-    "vae_fingerprint": latent_data.vae_fingerprint(config.vae.path),
+    "vae_fingerprint": latents.vae_fingerprint(config.vae.path),
     "seed": int(config.seed),
     "num_examples": n,
     "shape": [d.image_size, d.image_size, vae.latent_channels],
@@ -104,12 +106,12 @@ def _path(out_dir: str, name: str) -> str:
 
 def _shards(plan: dict) -> list[str]:
   count = plan["num_chunks"]
-  return [latent_data.shard_name(plan["split"], j, count) for j in range(count)]
+  return [latents.shard_name(plan["split"], j, count) for j in range(count)]
 
 
 def _ours(out_dir: str) -> list[str]:
   """Files this job writes in `out_dir` (never anything else)."""
-  names = [latent_data.MANIFEST, latent_data.STATS, latent_data.PLAN]
+  names = [latents.MANIFEST, latents.STATS, latents.PLAN]
   for name in sorted(os.listdir(out_dir)):
     if name.startswith("latents-") or name.endswith(".tmp"):
       names.append(name)
@@ -134,12 +136,12 @@ def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
   if overwrite:
     for name in _ours(out_dir):  # manifest first: stop looking finished.
       os.remove(_path(out_dir, name))
-  if os.path.exists(_path(out_dir, latent_data.MANIFEST)):
+  if os.path.exists(_path(out_dir, latents.MANIFEST)):
     raise FileExistsError(
       f"{out_dir} already holds a finished latent dataset "
-      f"({latent_data.MANIFEST}); pass --overwrite to encode it again"
+      f"({latents.MANIFEST}); pass --overwrite to encode it again"
     )
-  plan_path = _path(out_dir, latent_data.PLAN)
+  plan_path = _path(out_dir, latents.PLAN)
   if os.path.exists(plan_path):
     with open(plan_path) as f:
       old = json.load(f)
@@ -186,12 +188,10 @@ def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
   `fn` runs the jitted encoder over `mesh` (batch on "data") and draws each
   example's posterior sample with the key of its global index.
   """
-  from ilct_jax.models import vae as vae_lib
-
   if not config.vae.path:
     raise ValueError(
       "vae.path is empty; convert the SD VAE first (`python -m "
-      "ilct_jax.convert_vae`) and set --config.vae.path=DIR"
+      "ilct_jax.models.convert_vae`) and set --config.vae.path=DIR"
     )
   vae, params = vae_lib.load_vae(config.vae.path)
   codec = autoencoder.make_codec(vae, params, mesh)
@@ -250,7 +250,7 @@ def write_chunk(out_dir: str, shard: str, stored: np.ndarray) -> None:
   """Writes the moments, then the records; the records' rename ends it."""
   from array_record.python import array_record_module
 
-  moments = _path(out_dir, latent_data.moments_name(shard))
+  moments = _path(out_dir, latents.moments_name(shard))
   np.savez(moments + ".tmp.npz", **chunk_moments(stored))
   os.replace(moments + ".tmp.npz", moments)
   tmp = _path(out_dir, shard + ".tmp")
@@ -301,7 +301,7 @@ def encode_part(
   if not todo:
     return 0
   _, encode, batch = make_encoder(config, mesh)
-  images = image_data.make_array(config, plan["source"]["image_size"])
+  images = tfds_images.make_array(config, plan["source"]["image_size"])
   progress = _Progress(count, f"encode {plan['source']['name']}")
   for j, (lo, hi) in zip(todo, bounds):
     write_chunk(out_dir, shards[j], encode_chunk(encode, images, lo, hi, batch))
@@ -337,23 +337,24 @@ def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
   if missing:
     raise RuntimeError(
       f"{len(missing)} of {len(shards)} latent chunks are missing in "
-      f"{out_dir} (e.g. {missing[0]}); re-run encode_latents to finish them"
+      f"{out_dir} (e.g. {missing[0]}); re-run ilct_jax.data.encode to "
+      "finish them"
     )
   parts = []
   for shard in shards:
-    with np.load(_path(out_dir, latent_data.moments_name(shard))) as f:
+    with np.load(_path(out_dir, latents.moments_name(shard))) as f:
       parts.append({k: f[k] for k in f.files})
   mean, std, count = merge_moments(parts)
   if count != plan["num_examples"]:
     raise RuntimeError(
       f"chunks hold {count} latents, the plan says {plan['num_examples']}; "
-      "re-run encode_latents with --overwrite"
+      "re-run ilct_jax.data.encode with --overwrite"
     )
-  latents.save_stats(_path(out_dir, latent_data.STATS), mean, std)
-  manifest = dict(plan, complete=True, files=shards, stats=latent_data.STATS)
+  latents.save_stats(_path(out_dir, latents.STATS), mean, std)
+  manifest = dict(plan, complete=True, files=shards, stats=latents.STATS)
   manifest["vae"] = dict(plan["vae"], fingerprint=plan["vae_fingerprint"])
   manifest["source"] = dict(plan["source"], corrupt_skipped=corrupt)
-  _write_json(_path(out_dir, latent_data.MANIFEST), manifest)
+  _write_json(_path(out_dir, latents.MANIFEST), manifest)
   return manifest
 
 
@@ -372,13 +373,11 @@ def run(
   Returns:
     The manifest (process 0), or the plan on the other processes.
   """
-  from ilct_jax.models import vae as vae_lib
-
   d = config.data
   if not config.vae.path:
     raise ValueError(
       "vae.path is empty; convert the SD VAE first (`python -m "
-      "ilct_jax.convert_vae`) and set --config.vae.path=DIR"
+      "ilct_jax.models.convert_vae`) and set --config.vae.path=DIR"
     )
   vae, _ = vae_lib.load_vae(config.vae.path)
   if vae.latent_channels != d.channels:
@@ -386,7 +385,7 @@ def run(
       f"the VAE makes {vae.latent_channels}-channel latents but data.channels"
       f"={d.channels}; set data.channels={vae.latent_channels}"
     )
-  n_images = len(image_data.open_split(d.name, d.split, d.data_dir))
+  n_images = len(tfds_images.open_split(d.name, d.split, d.data_dir))
   plan = make_plan(config, vae, n_images)
   if jax.process_index() == 0:
     prepare_dir(out_dir, plan, overwrite)
@@ -396,7 +395,7 @@ def run(
   _sync("encode_latents_chunks")
   if jax.process_index() != 0:
     return plan
-  corrupt = image_data.corrupt_count(d.name, d.data_dir)
+  corrupt = tfds_images.corrupt_count(d.name, d.data_dir)
   return finalize(out_dir, plan, corrupt)
 
 
@@ -421,7 +420,7 @@ def _main(argv: list[str]) -> None:
     skipped = manifest["source"].get("corrupt_skipped")
     print(
       f"wrote {manifest['num_examples']} latents {manifest['shape']} and "
-      f"{latent_data.STATS} to {out_dir}; corrupt images skipped at build: "
+      f"{latents.STATS} to {out_dir}; corrupt images skipped at build: "
       f"{'unknown' if skipped is None else skipped}. Train with "
       f"--config.data.latent_dir={out_dir}"
     )

@@ -1,0 +1,94 @@
+"""Images as files: the one uint8 rule, grayscale -> RGB, grids, PNG and JPEG.
+
+Every path from model output to pixels goes through `to_uint8`, so sample
+grids, `--mode=sample`, evaluation and the notebook quantize alike:
+clamp((x + 1) / 2, 0, 1) * 255, rounded half up (torchvision's `save_image`:
+`mul(255).add_(0.5)` then truncation). It runs on the devices (inside jit) or
+on the host. JPEG at quality 75 is what the paper's sampler wrote (PIL's
+default, docs/ALGORITHM.md section 14); FID is computed on the decoded JPEG.
+"""
+
+import io
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+SAVE_FORMATS = ("", "png", "jpeg")  # eval.save_images choices.
+# The reference saves samples with PIL's `save("x.jpg")`, whose default
+# quality is 75 (docs/ALGORITHM.md section 14); FID then reads those JPEGs.
+JPEG_QUALITY = 75
+_PIL_FORMATS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg")}
+
+
+def to_uint8(images: Any) -> jax.Array:
+  """[-1, 1] images -> uint8: floor(clip((x + 1) / 2, 0, 1) * 255 + 0.5).
+
+  Works on host arrays and inside jit; returns a jax array (np.asarray it on
+  the host).
+  """
+  unit = jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+  return jnp.floor(unit * 255.0 + 0.5).astype(jnp.uint8)
+
+
+def to_rgb(images: Any, xp: Any = np) -> Any:
+  """Grayscale (C = 1) -> RGB by repetition; RGB passes through."""
+  c = images.shape[-1]
+  if c not in (1, 3):
+    raise ValueError(
+      f"FID needs grayscale or RGB images, got {c} channels; decode latents "
+      "first (set vae.path)"
+    )
+  return xp.repeat(images, 3, axis=-1) if c == 1 else images
+
+
+def make_grid(
+  images: np.ndarray, cols: int | None = None, pad: int = 1, fill: int = 128
+) -> np.ndarray:
+  """Tiles uint8 [B, H, W, C] into one image with `pad`-pixel gray gutters."""
+  images = np.asarray(images)
+  b, h, w, c = images.shape
+  cols = cols or int(np.ceil(np.sqrt(b)))
+  rows = int(np.ceil(b / cols))
+  hp, wp = h + pad, w + pad
+  grid = np.full((rows * hp + pad, cols * wp + pad, c), fill, images.dtype)
+  for i in range(b):
+    r, q = divmod(i, cols)
+    grid[pad + r * hp : pad + r * hp + h, pad + q * wp : pad + q * wp + w] = (
+      images[i]
+    )
+  return grid
+
+
+def png_bytes(grid: np.ndarray, upscale: int = 1) -> bytes:
+  """A uint8 image as PNG bytes (nearest upscaling for tiny images)."""
+  if grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  img = Image.fromarray(grid)
+  if upscale > 1:
+    img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def save_png(path: str, grid: np.ndarray, upscale: int = 1) -> None:
+  """Writes a uint8 grid as PNG (nearest upscaling for tiny images)."""
+  with open(path, "wb") as f:
+    f.write(png_bytes(grid, upscale))
+
+
+def encode(image: np.ndarray, fmt: str) -> tuple[bytes, str]:
+  """uint8 [H, W, 3] -> (file bytes, extension) in `fmt` (png | jpeg)."""
+  pil_format, ext = _PIL_FORMATS[fmt]
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format=pil_format, quality=JPEG_QUALITY)
+  return buf.getvalue(), ext
+
+
+def decode(data: bytes) -> np.ndarray:
+  """File bytes -> uint8 RGB [H, W, 3] (what FID sees of a saved sample)."""
+  with Image.open(io.BytesIO(data)) as img:
+    return np.asarray(img.convert("RGB"), np.uint8)
