@@ -1,14 +1,29 @@
-"""Orbax checkpoints: one manager per workdir, async saves, resume by default.
+"""Checkpoints of a run: verified saves, verified restores, opening a workdir.
 
-Layout: `workdir/checkpoints/<step>/{state,meta}`. `state` is the TrainState
-pytree (StandardSave); `meta` is JSON with the run facts that must not change
-on resume (total steps, number of examples, example shape). Every process
-calls save/restore (orbax coordinates hosts). A state with non-finite
-parameters is never written, and orbax's write-to-temporary-then-rename keeps
-an interrupted save from replacing a good checkpoint.
+Layout (local or gs://, through orbax and storage.py):
+
+  WORKDIR/config.json                 the resolved config of the run
+  WORKDIR/checkpoints/<step>/state    the TrainState (orbax StandardSave)
+  WORKDIR/checkpoints/<step>/meta     JSON: the run facts that must not change
+                                      on resume, and a checksum of every array
+  WORKDIR/damaged_checkpoints/<step>  steps that failed verification
+
+Saves refuse a state with non-finite parameters, EMAs or optimizer state, and
+record two 32-bit sums of each array's raw bits (`checksums`). A restore tries
+the newest step first and verifies it: its arrays must read, their checksums
+must match and every value must be finite. A step that fails is damaged: it is
+moved aside (never deleted) with one warning line and the previous step is
+tried. Only a difference in the tree or shapes against the current config is
+reported as a config change (CheckpointMismatchError). Every process calls
+save and restore (orbax coordinates the hosts); process 0 moves damaged steps.
+
+`load_run(workdir)` opens a run from its workdir alone: the config from
+config.json, the state (or only the parameters, or one EMA) restored into an
+abstract target sharded over the devices present, with no initialisation.
 """
 
-import os
+import dataclasses
+import logging as logging_std
 from typing import Any
 
 import jax
@@ -18,11 +33,34 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
+from ilct_jax import parallel, storage
 from ilct_jax import state as state_lib
+
+PyTree = Any
+CHECKPOINTS = "checkpoints"
+DAMAGED = "damaged_checkpoints"
+CONFIG_FILE = "config.json"
+WHAT = ("state", "params", "ema")
+
+
+class _QuietOrbax(logging_std.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno > logging_std.INFO or "orbax" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """Hides orbax's INFO lines in the absl log (programs call it once)."""
+  logging.get_absl_handler().addFilter(_QuietOrbax())
 
 
 class CheckpointMismatchError(ValueError):
-  """The checkpoint in the workdir does not fit the current config."""
+  """The checkpoint in the workdir was written for a different config."""
+
+
+class CheckpointDamagedError(RuntimeError):
+  """No checkpoint of the requested step(s) passes verification."""
 
 
 def create_manager(
@@ -33,29 +71,109 @@ def create_manager(
   if train.keep_every > 0:
     keep.append(cm.EveryNSteps(train.keep_every))
   options = ocp.CheckpointManagerOptions(
-    save_decision_policy=cm.AnySavePolicy(
-      [
-        cm.FixedIntervalPolicy(max(train.ckpt_every, 1)),
-        cm.PreemptionCheckpointingPolicy(),
-      ]
-    ),
+    save_decision_policy=cm.FixedIntervalPolicy(max(train.ckpt_every, 1)),
     preservation_policy=cm.AnyPreservationPolicy(keep),
     enable_async_checkpointing=True,
     read_only=read_only,
     create=not read_only,
+    cleanup_tmp_directories=not read_only,
   )
-  path = os.path.join(os.path.abspath(workdir), "checkpoints")
-  return ocp.CheckpointManager(path, options=options)
+  directory = storage.path(storage.join(workdir, CHECKPOINTS))
+  return ocp.CheckpointManager(directory, options=options)
 
 
-def _all_finite(tree: Any) -> bool:
+# ------------------------------------------------------------ verification
+
+
+def _key_name(entry: Any) -> str:
+  for attr in ("name", "key", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
+  """(path, leaf) pairs with paths like "params/enc_8x8_conv/kernel".
+
+  Attribute, dict and sequence entries are all written by name or index, so
+  a TrainState, the nested dicts/lists orbax reads back and a partial tree
+  {"params": ...} name the same array alike.
+  """
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return [("/".join(_key_name(k) for k in p), leaf) for p, leaf in flat]
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The raw bits of an array as a flat uint32 vector."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32).ravel()
+  size = x.dtype.itemsize
+  if size in (1, 2):
+    small = jnp.uint8 if size == 1 else jnp.uint16
+    return jax.lax.bitcast_convert_type(x, small).astype(jnp.uint32).ravel()
+  return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 4 or 8 bytes.
+
+
+@jax.jit
+def _sums(leaves: list[jax.Array]) -> jax.Array:
+  """[n, 2] uint32: (sum of words, position-weighted sum) per leaf, mod 2^32.
+
+  Integer sums wrap exactly, whatever the reduction order, so the checksum
+  of an array does not depend on its sharding or device count; the weights
+  (2654435761 i + 1) make swapped or shifted words count.
+  """
+  out = []
+  for x in leaves:
+    w = _words(x)
+    i = jnp.arange(w.shape[0], dtype=jnp.uint32)
+    weighted = w * (i * jnp.uint32(2654435761) + jnp.uint32(1))
+    out.append(
+      jnp.stack(
+        [jnp.sum(w, dtype=jnp.uint32), jnp.sum(weighted, dtype=jnp.uint32)]
+      )
+    )
+  return jnp.stack(out)
+
+
+def checksums(tree: PyTree) -> dict[str, str]:
+  """{path: 16 hex digits} of every array of `tree` (see `_sums`)."""
+  pairs = [(p, x) for p, x in leaf_paths(tree) if hasattr(x, "dtype")]
+  if not pairs:
+    return {}
+  sums = jax.device_get(_sums([x for _, x in pairs]))
+  return {p: f"{int(a):08x}{int(b):08x}" for (p, _), (a, b) in zip(pairs, sums)}
+
+
+@jax.jit
+def _all_finite(tree: PyTree) -> jax.Array:
   leaves = [
     x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
   ]
-  ok = jax.jit(
-    lambda ls: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in ls]))
-  )
-  return bool(ok(leaves)) if leaves else True
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def all_finite(tree: PyTree) -> bool:
+  """Whether every float of `tree` is finite (one jitted, cached program)."""
+  return bool(_all_finite(tree))
+
+
+def _verify(tree: PyTree, saved: dict[str, str] | None) -> str | None:
+  """Why `tree` (restored) is damaged, or None if it passes."""
+  if saved is not None:
+    got = checksums(tree)
+    bad = sorted(p for p, c in got.items() if saved.get(p) != c)
+    if bad:
+      more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+      return f"checksum mismatch in {bad[0]}{more}"
+  if not all_finite(tree):
+    bad = [p for p, x in leaf_paths(tree) if not all_finite(x)]
+    return f"non-finite values in {bad[0] if bad else 'the state'}"
+  return None
+
+
+# ------------------------------------------------------------ save
 
 
 def save(
@@ -66,23 +184,26 @@ def save(
   step: int,
   force: bool = False,
 ) -> bool:
-  """Saves `state` at its step if the policy (or `force`) says so.
+  """Saves `state` at `step` if the policy (or `force`) says so.
 
   Returns:
-    Whether a save was started. Refuses (with an error) a state whose params
-    or EMAs are not finite, so a good checkpoint is never followed by a bad one.
+    Whether a save was started. Refuses (FloatingPointError) a state whose
+    params, EMAs or optimizer state are not finite, so a good checkpoint is
+    never followed by a bad one.
   """
-  # `step` is passed as a Python int so that the (frequent) no-save path
-  # never syncs with the device.
+  # `step` is a Python int so the (frequent) no-save path never syncs with
+  # the device.
   if not force and not mngr.should_save(step):
     return False
   if step in mngr.all_steps():
     return False
-  if not _all_finite((state.params, state.ema_params)):
+  if not all_finite((state.params, state.ema_params, state.opt_state)):
     raise FloatingPointError(
-      f"refusing to checkpoint step {step}: parameters are not finite; the "
-      f"last good checkpoint is step {mngr.latest_step()}"
+      f"refusing to checkpoint step {step}: the parameters, EMAs or optimizer"
+      f" state are not finite; the last checkpoint is step "
+      f"{mngr.latest_step()}"
     )
+  meta = dict(meta, checksums=checksums(state))
   return mngr.save(
     step,
     args=ocp.args.Composite(
@@ -93,7 +214,7 @@ def save(
 
 
 def check_meta(saved: dict[str, Any], current: dict[str, Any]) -> None:
-  """Raises CheckpointMismatchError naming every field that differs."""
+  """Raises CheckpointMismatchError naming every run fact that differs."""
   diffs = [
     f"{k}: checkpoint {saved.get(k)!r} vs config {v!r}"
     for k, v in current.items()
@@ -107,50 +228,303 @@ def check_meta(saved: dict[str, Any], current: dict[str, Any]) -> None:
     )
 
 
+# ------------------------------------------------------------ restore
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int):
+  return mngr.directory / str(step)
+
+
+def _saved_shapes(mngr, step: int) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of the saved state (raises if its metadata is damaged)."""
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    md = checkpointer.metadata(_step_dir(mngr, step) / "state")
+  finally:
+    checkpointer.close()
+  tree = getattr(getattr(md, "item_metadata", md), "tree", None)
+  if tree is None:
+    raise ValueError("no tree in the state metadata")
+  return {p: tuple(x.shape) for p, x in leaf_paths(tree)}
+
+
+def _check_tree(mngr, step: int, target: PyTree, config) -> None:
+  """CheckpointMismatchError if the saved tree or shapes differ from target.
+
+  Raises other errors (to be treated as damage) if the metadata is unreadable.
+  """
+  saved = _saved_shapes(mngr, step)
+  wanted = {p: tuple(x.shape) for p, x in leaf_paths(target)}
+  diffs = [f"{p} is missing" for p in wanted if p not in saved]
+  diffs += [f"{p} is not in this config" for p in saved if p not in wanted]
+  diffs += [
+    f"{p}: checkpoint {saved[p]} vs config {s}"
+    for p, s in wanted.items()
+    if p in saved and saved[p] != s
+  ]
+  if diffs:
+    more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    raise CheckpointMismatchError(
+      f"checkpoint step {step} in {mngr.directory} was written by another "
+      f"model/ema/optim config: {'; '.join(diffs[:3])}{more}; use a new "
+      "--workdir or the original config (--mode=sample/eval read the run's "
+      f"config.json when --config is not given)"
+    )
+  del config
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int, why: str) -> None:
+  """Moves a damaged step to WORKDIR/damaged_checkpoints (process 0)."""
+  src = _step_dir(mngr, step)
+  root = mngr.directory.parent / DAMAGED
+  dst, k = root / str(step), 1
+  if jax.process_index() == 0:
+    while dst.exists():
+      dst, k = root / f"{step}-{k}", k + 1
+    storage.move_tree(src, dst)
+    logging.warning(
+      "Checkpoint step %d is damaged (%s): moved to %s; trying the previous "
+      "step",
+      step,
+      why,
+      dst,
+    )
+  parallel.sync(f"ilct_move_damaged_{step}")
+  mngr.reload()
+
+
+def _restore_one(mngr, step: int, abstract: PyTree) -> tuple[PyTree, dict]:
+  out = mngr.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+    ),
+  )
+  return out.state, dict(out.meta)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
 def restore(
   mngr: ocp.CheckpointManager,
   config: ml_collections.ConfigDict,
   target: state_lib.TrainState,
   step: int | None = None,
 ) -> tuple[state_lib.TrainState, dict[str, Any]]:
-  """Restores into the sharding of `target` (an abstract or concrete state).
+  """Restores and verifies a state into the shardings of `target`.
 
   Args:
     mngr: the manager.
-    config: the current config (to name mismatches).
-    target: state whose structure, shapes and shardings are restored into.
-    step: which step (default: the latest).
+    config: the current config (names the fix of a mismatch).
+    target: abstract (or concrete) state whose tree, shapes and shardings the
+      checkpoint is restored into.
+    step: a step to restore; None = the newest one that passes verification.
 
   Returns:
     (state, meta).
+
+  Raises:
+    FileNotFoundError: no checkpoint (or not that step).
+    CheckpointMismatchError: the saved tree/shapes differ from `target`.
+    CheckpointDamagedError: the requested step, or every step, is damaged.
   """
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(
-      f"no checkpoint under {mngr.directory}; train first (--mode=train)"
-    )
-  if step not in mngr.all_steps():
-    raise FileNotFoundError(
-      f"checkpoint step {step} not found under {mngr.directory}; available: "
-      f"{sorted(mngr.all_steps())}"
-    )
   abstract = jax.tree.map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
     target,
   )
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(
+      f"no checkpoint under {mngr.directory}; train first (--mode=train)"
+    )
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(
+        f"checkpoint step {step} not found under {mngr.directory}; "
+        f"available: {sorted(steps)}"
+      )
+    steps = [step]
+  read_only = mngr._options.read_only  # noqa: SLF001 - no public getter.
+  for s in steps:
+    try:
+      _check_tree(mngr, s, abstract, config)
+      state, meta = _restore_one(mngr, s, abstract)
+      why = _verify(state, meta.get("checksums"))
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # noqa: BLE001 - any read failure is damage.
+      why = _first_line(e)
+    if why is None:
+      logging.info("Restored checkpoint step %d from %s", s, mngr.directory)
+      return state, meta
+    if step is not None:
+      raise CheckpointDamagedError(
+        f"checkpoint step {s} in {mngr.directory} is damaged ({why}); "
+        "evaluate another step or the latest one"
+      )
+    if read_only:
+      logging.warning("Checkpoint step %d is damaged (%s): skipped", s, why)
+    else:
+      _move_aside(mngr, s, why)
+  raise CheckpointDamagedError(
+    f"every checkpoint under {mngr.directory} is damaged (moved to "
+    f"{mngr.directory.parent / DAMAGED} unless read-only); the run cannot "
+    "resume: start a new --workdir or put back a good copy"
+  )
+
+
+# ------------------------------------------------------------ load_run
+
+
+def config_from_dict(data: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A config from its JSON form (lists become tuples, as configs write)."""
+
+  def convert(v: Any) -> Any:
+    if isinstance(v, dict):
+      return ml_collections.ConfigDict({k: convert(x) for k, x in v.items()})
+    if isinstance(v, list):
+      return tuple(convert(x) for x in v)
+    return v
+
+  return convert(data)
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """The resolved config as written to WORKDIR/config.json."""
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes WORKDIR/config.json (process 0)."""
+  if jax.process_index() == 0:
+    storage.write_text(storage.join(workdir, CONFIG_FILE), config_json(config))
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with, from WORKDIR/config.json."""
+  data = storage.read_json(
+    storage.join(workdir, CONFIG_FILE),
+    "run config",
+    "pass --config (and the run's overrides) to say how it was trained",
+  )
+  return config_from_dict(data)
+
+
+@dataclasses.dataclass
+class Run:
+  """An opened run: its config, the restored step and what was restored.
+
+  Attributes:
+    config: the run's config (from config.json unless one was passed).
+    step: the checkpoint step.
+    meta: the checkpoint's run facts.
+    state: the whole TrainState (what="state"), else None.
+    params: the parameters asked for (what="params" or "ema"), else None.
+  """
+
+  config: ml_collections.ConfigDict
+  step: int
+  meta: dict[str, Any]
+  state: state_lib.TrainState | None = None
+  params: PyTree | None = None
+
+
+def _partial_restore(mngr, step: int, target: dict) -> PyTree:
+  """Restores only the subtrees of `target` (e.g. {"params": ...})."""
+  checkpointer = ocp.PyTreeCheckpointer()
   try:
-    out = mngr.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+    return checkpointer.restore(
+      _step_dir(mngr, step) / "state",
+      args=ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
       ),
     )
-  except (ValueError, KeyError, TypeError) as e:
-    raise CheckpointMismatchError(
-      f"checkpoint step {step} in {mngr.directory} does not match the model "
-      f"of this config (model/ema/optim fields changed?): {str(e)[:300]}; "
-      "use a new --workdir or the original config"
-    ) from e
-  logging.info("Restored checkpoint step %d from %s", step, mngr.directory)
-  del config
-  return out.state, dict(out.meta)
+  finally:
+    checkpointer.close()
+
+
+def _ema_index(config: ml_collections.ConfigDict, decay: float) -> int:
+  decays = [float(d) for d in config.ema.decays]
+  for i, d in enumerate(decays):
+    if abs(d - decay) < 1e-12:
+      return i
+  raise ValueError(
+    f"EMA decay {decay} is not tracked by this run (ema.decays={decays}); "
+    "choose one of them (0 = the online parameters)"
+  )
+
+
+def _load_part(mngr, config, step, what, decay, abstract):
+  """(params tree, meta) of `what` at `step`, verified."""
+  if what == "params" or decay == 0:
+    target = {"params": abstract.params}
+  else:
+    target = {"ema_params": list(abstract.ema_params)}
+  meta = dict(
+    mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+      "meta"
+    ]
+  )
+  restored = _partial_restore(mngr, step, target)
+  why = _verify(restored, meta.get("checksums"))
+  if why is not None:
+    raise CheckpointDamagedError(
+      f"checkpoint step {step} in {mngr.directory} is damaged ({why})"
+    )
+  if "params" in target:
+    return restored["params"], meta
+  return restored["ema_params"][_ema_index(config, decay)], meta
+
+
+def load_run(
+  workdir: str,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  step: int | None = None,
+  what: str = "state",
+  ema_decay: float | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+) -> Run:
+  """Opens a run from its workdir: config, then a verified abstract restore.
+
+  Args:
+    workdir: the run directory (local or gs://).
+    config: use this config instead of WORKDIR/config.json.
+    step: checkpoint step (None: the newest step that passes verification).
+    what: "state" (the whole TrainState), "params" (online parameters) or
+      "ema" (the EMA of `ema_decay`; 0 means the online parameters).
+    ema_decay: for what="ema" (default: the config's sample.ema_decay).
+    mesh: devices to place the result on (default: all present devices,
+      replicated). Works on any device count: checkpoints are
+      topology-independent.
+
+  Returns:
+    A Run. Nothing is initialised or compiled to build the target.
+  """
+  if what not in WHAT:
+    raise ValueError(f"what={what!r} is unknown; choose one of {WHAT}")
+  config = read_config(workdir) if config is None else config
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  abstract = state_lib.abstract_sharded_state(config, mesh)
+  mngr = create_manager(workdir, config.train, read_only=True)
+  try:
+    if what == "state":
+      state, meta = restore(mngr, config, abstract, step)
+      return Run(config, int(jax.device_get(state.step)), meta, state=state)
+    step = mngr.latest_step() if step is None else step
+    if step is None or step not in mngr.all_steps():
+      raise FileNotFoundError(
+        f"no checkpoint step {step} under {mngr.directory} (available: "
+        f"{sorted(mngr.all_steps())}); train first or pick another step"
+      )
+    _check_tree(mngr, step, abstract, config)
+    decay = config.sample.ema_decay if ema_decay is None else ema_decay
+    params, meta = _load_part(mngr, config, step, what, decay, abstract)
+    return Run(config, step, meta, params=params)
+  finally:
+    mngr.close()

@@ -5,12 +5,10 @@ here before any compile: unknown technique names, a global batch that does not
 divide over the devices or processes, an unwritable workdir.
 """
 
-import os
-
 import jax
 import ml_collections
 
-from ilct_jax import consistency, coupling, losses, optim
+from ilct_jax import consistency, coupling, losses, optim, storage
 from ilct_jax.models import norms
 
 
@@ -58,24 +56,27 @@ def check_batch(
 
 
 def check_workdir(workdir: str) -> None:
-  """The workdir exists (or can be created) and is writable."""
+  """The workdir exists (or can be created) and is writable (any store)."""
   if not workdir:
     raise ValueError("--workdir is required: a directory for checkpoints/logs")
+  probe = storage.join(workdir, f".write_probe_{jax.process_index()}")
   try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    storage.makedirs(workdir)
+    storage.write_bytes(probe, b"ok")
+    storage.path(probe).unlink()
   except OSError as e:
+    why = e.strerror or str(e).splitlines()[0]
     raise PermissionError(
-      f"workdir {workdir!r} is not writable ({e.strerror}); pass a writable "
-      "--workdir"
+      f"workdir {workdir!r} is not writable ({why}); pass a writable --workdir"
     ) from e
 
 
-def check_all(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Runs every check (names, batch, workdir)."""
+def check_all(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  num_devices: int | None = None,
+) -> None:
+  """Runs every check (names, batch over `num_devices`, workdir)."""
   check_names(config)
-  check_batch(config)
+  check_batch(config, num_devices=num_devices)
   check_workdir(workdir)

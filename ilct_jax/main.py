@@ -1,10 +1,12 @@
 """Entry point: `python -m ilct_jax.main --config=configs/X.py --workdir=DIR`.
 
-Intentionally short (flax examples style): parse flags, initialise
-multi-host JAX when launched that way, and hand over to the library.
+Intentionally short (flax examples style): flags, cluster start-up and the
+mode. `--mode=sample` and `--mode=eval` read the run's config.json when no
+`--config` is given (`--config.x=y` overrides still apply). Exit codes: 0 done
+(also for a run that was already complete), 75 preempted after a checkpoint
+(run the same command again), 1 error.
 """
 
-import logging as logging_std
 import os
 import sys
 
@@ -14,52 +16,59 @@ import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from ilct_jax import checkpointing, parallel, preemption, train  # noqa: E402
+from ilct_jax.evaluation import evaluate, generate  # noqa: E402
+
 MODES = ("train", "sample", "eval")
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", "configs/demo.py", "Training config file.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.")
-_MODE = flags.DEFINE_enum("mode", "train", MODES, "What to run.")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed",
-  False,
-  "Call jax.distributed.initialize() (TPU pods / SLURM multi-host).",
-)
+FLAGS = flags.FLAGS
 
 
-class _QuietOrbax(logging_std.Filter):
-  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+def define_flags() -> None:
+  config_flags.DEFINE_config_file(
+    "config", "configs/demo.py", "Config file.", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
+  flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+  parallel.define_cluster_flags()
+  flags.mark_flags_as_required(["workdir"])
 
-  def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno > logging_std.INFO or "orbax" not in record.pathname
+
+def run_config():
+  """--config, or for sample/eval without it: config.json + overrides."""
+  if FLAGS.mode == "train" or FLAGS["config"].present:
+    return FLAGS.config
+  config = checkpointing.read_config(FLAGS.workdir)
+  for name in FLAGS:
+    if name.startswith("config.") and FLAGS[name].present:
+      node, *path, leaf = [config, *name.split(".")[1:]]
+      for key in path:
+        node = node[key]
+      value = FLAGS[name].value
+      node[leaf] = tuple(value) if isinstance(value, list) else value
+  return config
 
 
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietOrbax())
   jax.config.update("jax_threefry_partitionable", True)
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  logging.info(
-    "JAX %s: process %d/%d, %d devices (%s)",
-    jax.__version__,
-    jax.process_index(),
-    jax.process_count(),
-    jax.device_count(),
-    jax.devices()[0].platform,
+  checkpointing.quiet_orbax_logs()
+  parallel.initialize_cluster(
+    FLAGS.distributed,
+    FLAGS.coordinator_address,
+    FLAGS.num_processes,
+    FLAGS.process_id,
+    FLAGS.local_device_ids,
   )
-  config, workdir = _CONFIG.value, _WORKDIR.value
-  if _MODE.value == "train":
-    from ilct_jax import train
-
-    train.train_and_evaluate(config, workdir)
-  elif _MODE.value == "sample":
-    from ilct_jax import generate
-
+  config, workdir = run_config(), FLAGS.workdir
+  if FLAGS.mode == "train":
+    try:
+      train.train_and_evaluate(config, workdir)
+    except preemption.Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(preemption.EXIT_PREEMPTED)
+  elif FLAGS.mode == "sample":
     generate.run(config, workdir)
   else:
-    from ilct_jax import evaluate
-
     evaluate.run(config, workdir)
 
 
@@ -68,7 +77,7 @@ def run_or_explain_config_error() -> None:
   try:
     app.run(main)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if flags.FLAGS.is_parsed():
+    if FLAGS.is_parsed():
       raise  # Not a flag-parsing problem: keep the full traceback.
     msg = str(e).replace("\\n", " ").replace("\\'", "'")
     msg = " ".join(msg.replace("'", "").split())
@@ -79,5 +88,5 @@ def run_or_explain_config_error() -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["workdir"])
+  define_flags()
   run_or_explain_config_error()

@@ -7,11 +7,14 @@ always Auto, so sharding constraints are compiler hints and never type errors.
 Host-side helpers turn each process's rows into one global array and back.
 """
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from absl import flags, logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -70,3 +73,82 @@ def local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
       rows.append(np.asarray(shard.data))
       index.append(np.arange(start, start + rows[-1].shape[0]))
   return np.concatenate(rows), np.concatenate(index)
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (a no-op in a single process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def define_cluster_flags() -> None:
+  """The cluster flags of every multi-host entry point (main, encode, eval).
+
+  Defined by each program's `__main__` only, so modules import cleanly side
+  by side.
+  """
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process JAX cluster detected from the environment (Cloud "
+    "TPU pods, SLURM). The explicit flags below need no --distributed.",
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0's coordinator, reachable from every process.",
+  )
+  flags.DEFINE_integer("num_processes", None, "Processes in the cluster.")
+  flags.DEFINE_integer("process_id", None, "This process, 0..num_processes-1.")
+  flags.DEFINE_list(
+    "local_device_ids",
+    None,
+    "Devices of this host this process uses (e.g. 0,1); default: all.",
+  )
+
+
+def initialize_cluster(
+  distributed: bool = False,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: Sequence[int | str] | None = None,
+) -> None:
+  """Starts multi-process JAX when asked; explicit values beat detection.
+
+  With any explicit value, `jax.distributed.initialize` gets those values
+  and detects the rest (on TPU pods and under SLURM it can). With
+  `distributed` alone, everything is detected. With neither, this process
+  runs alone. Either way one line says which process this is and how many
+  devices there are in all and on this host.
+  """
+  explicit = {
+    "coordinator_address": coordinator_address,
+    "num_processes": num_processes,
+    "process_id": process_id,
+    "local_device_ids": (
+      None if local_device_ids is None else [int(i) for i in local_device_ids]
+    ),
+  }
+  explicit = {k: v for k, v in explicit.items() if v is not None}
+  if explicit or distributed:
+    try:
+      jax.distributed.initialize(**explicit)
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(
+        f"could not join the JAX cluster ({str(e).splitlines()[0]}); outside "
+        "a TPU pod or SLURM job pass --coordinator_address=HOST:PORT "
+        "--num_processes=N --process_id=I (see docs/SCALING.md)"
+      ) from e
+  logging.info("%s", describe())
+
+
+def describe() -> str:
+  """'process 1/2 (host h): 2 of 4 cpu devices (cpu)' for the logs."""
+  dev = jax.local_devices()[0]
+  return (
+    f"JAX {jax.__version__}: process {jax.process_index()}/"
+    f"{jax.process_count()} on {socket.gethostname()}: "
+    f"{jax.local_device_count()} of {jax.device_count()} devices here "
+    f"({dev.platform}, {dev.device_kind})"
+  )

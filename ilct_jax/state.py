@@ -19,7 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from ilct_jax import optim as optim_lib
-from ilct_jax import parallel
+from ilct_jax import parallel, rng
 from ilct_jax.models import unet
 
 PyTree = Any
@@ -138,11 +138,22 @@ def state_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> PyTree:
   )
 
 
+def abstract_sharded_state(
+  config: ml_collections.ConfigDict, mesh: Mesh
+) -> TrainState:
+  """The state as ShapeDtypeStructs with their shardings: a restore target."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    abstract_state(config),
+    state_sharding(config, mesh),
+  )
+
+
 def create_train_state(
   config: ml_collections.ConfigDict, mesh: Mesh
 ) -> TrainState:
   """Initialises the state directly into its replicated sharding."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 0x1A17)
+  key = rng.stream(config.seed, "init")
   init = jax.jit(
     lambda k: _init(config, k), out_shardings=state_sharding(config, mesh)
   )

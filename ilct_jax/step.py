@@ -20,7 +20,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ilct_jax import consistency, coupling, losses, parallel
+from ilct_jax import consistency, coupling, losses, parallel, rng
 from ilct_jax import optim as optim_lib
 from ilct_jax import state as state_lib
 
@@ -108,7 +108,7 @@ def train_step(
     The new state and a dict of scalar metrics (replicated).
   """
   ct = config.ct
-  key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  key = rng.key_at(config.seed, "train", state.step)
   key_noise, key_idx, key_drop = jax.random.split(key, 3)
   x0 = batch.astype(jnp.float32)
   noise = _paired_noise(key_noise, x0, config.coupling, mesh)

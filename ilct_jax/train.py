@@ -1,14 +1,18 @@
-"""The training loop: set-up, resume, periodic logging, samples, checkpoints.
+"""The training loop: set-up, resume, periodic actions, preemption.
 
 `train_and_evaluate` wires the pieces owned elsewhere: config checks, the mesh
-and jitted step (step.py), state creation/restore (state.py,
-checkpointing.py), input (data/pipeline.py), sample grids
-(evaluation/generate.py) and clu metric writers (imported lazily: they pull
-in TensorFlow).
+(parallel.py) and jitted step (step.py), the verified restore
+(checkpointing.py), input (data/pipeline.py), sample grids
+(evaluation/generate.py), FID during training (evaluation/evaluate.py) and
+clu metric writers (imported lazily: they pull in TensorFlow).
+
+Start-up order: checks, run facts, restore of the newest verified checkpoint
+into an abstract sharded state (no initialisation when resuming), and only
+then anything that changes the workdir (config.json). A run whose last
+checkpoint is at its final step returns at once, compiling nothing.
 """
 
 import json
-import os
 import time
 from typing import Any
 
@@ -17,11 +21,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import checkpointing, config_checks, parallel
+from ilct_jax import (
+  checkpointing,
+  config_checks,
+  parallel,
+  preemption,
+  storage,
+)
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import pipeline
 from ilct_jax.evaluation import evaluate, generate, image_io
+
+Metrics = dict[str, Any]
 
 
 def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
@@ -39,13 +51,6 @@ def run_meta(config: ml_collections.ConfigDict, num_examples: int) -> dict:
     "example_shape": list(state_lib.example_shape(config)),
     "batch_size": config.train.batch_size,
   }
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the resolved config to workdir/config.json (host 0)."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def compile_step(config, mesh, state, steps: int):
@@ -70,19 +75,19 @@ def compile_step(config, mesh, state, steps: int):
 
 def write_samples(config, state, writer, workdir: str, step: int) -> None:
   """1-step and 2-step sample grids to TensorBoard and workdir/samples."""
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  images = generate.sample_images(config, state, num=config.sample.num)
-  for name, imgs in images.items():
-    if imgs is None:
+  params = state.ema(config.sample.ema_decay)
+  samples = generate.sample_images(config, params, config.sample.num)
+  for name, (_, images) in samples.items():
+    if images is None:
       continue
-    grid = image_io.make_grid(imgs)
+    grid = image_io.make_grid(images)
     writer.write_images(step, {f"samples/{name}": grid[None]})
     if jax.process_index() == 0:
-      path = os.path.join(workdir, "samples", f"{name}_{step:08d}.png")
-      image_io.save_png(path, grid, upscale=max(1, 128 // imgs.shape[1]))
+      path = storage.join(workdir, "samples", f"{name}_{step:08d}.png")
+      generate.write_grid(path, images)
 
 
-def _log(writer, step: int, history: list[dict[str, Any]], t0: float) -> dict:
+def _log(writer, step: int, history: list[Metrics], t0: float) -> dict:
   """Averages the buffered metrics, writes them, returns the last values."""
   fetched = jax.device_get(history)
   scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -92,63 +97,104 @@ def _log(writer, step: int, history: list[dict[str, Any]], t0: float) -> dict:
   return scalars
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Any:
+def create_writer(workdir: str):
+  """clu's TensorBoard + console writer (process 0 writes event files)."""
+  from clu import metric_writers  # Lazy: imports TensorFlow.
+
+  return metric_writers.create_default_writer(
+    workdir, just_logging=jax.process_index() > 0
+  )
+
+
+def _resume(config, mesh, mngr, meta):
+  """The restored (verified) state, or None when the workdir has none."""
+  if mngr.latest_step() is None:
+    return None
+  abstract = state_lib.abstract_sharded_state(config, mesh)
+  state, saved = checkpointing.restore(mngr, config, abstract)
+  checkpointing.check_meta(saved, meta)
+  return state
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+) -> state_lib.TrainState:
   """Trains (resuming from workdir if it holds a checkpoint).
 
   Args:
     config: the full config.
-    workdir: directory for checkpoints, logs, samples and config.json.
+    workdir: directory (local or gs://) for checkpoints, logs, samples and
+      config.json.
+    mesh: the devices to train on (default: all devices of all processes).
+      Checkpoints restore on any device count.
 
   Returns:
     The final TrainState.
-  """
-  from clu import metric_writers  # Lazy: imports TF.
 
-  config_checks.check_all(config, workdir)
+  Raises:
+    preemption.Preempted: a SIGTERM stopped the run after a checkpoint.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  config_checks.check_all(config, workdir, num_devices=mesh.size)
   if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
-  mesh = parallel.make_mesh()
   n_examples = pipeline.num_examples(config)
   meta = run_meta(config, n_examples)
   steps = meta["total_steps"]
+  mngr = checkpointing.create_manager(workdir, config.train)
+  try:
+    state = _resume(config, mesh, mngr, meta)
+  except Exception:
+    mngr.close()  # A refused resume leaves no orbax threads behind.
+    raise
+  start = 0 if state is None else int(jax.device_get(state.step))
+  if start >= steps:
+    logging.info(
+      "Run complete: step %d of %d is checkpointed in %s; nothing to do",
+      start,
+      steps,
+      workdir,
+    )
+    mngr.close()
+    return state
   logging.info(
-    "Training %d steps (%d examples, batch %d, %d devices)",
+    "Training steps %d..%d (%d examples, global batch %d over %d devices "
+    "in %d processes)",
+    start,
     steps,
     n_examples,
     config.train.batch_size,
-    jax.device_count(),
+    mesh.size,
+    jax.process_count(),
   )
-  write_config(config, workdir)
-  mngr = checkpointing.create_manager(workdir, config.train)
-  state = state_lib.create_train_state(config, mesh)
-  if mngr.latest_step() is not None:
-    try:
-      state, saved = checkpointing.restore(mngr, config, state)
-      checkpointing.check_meta(saved, meta)
-    except Exception:
-      mngr.close()  # A refused resume leaves no orbax threads behind.
-      raise
-  start = int(jax.device_get(state.step))
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
+  checkpointing.write_config(config, workdir)  # Only after the checks.
+  if state is None:
+    state = state_lib.create_train_state(config, mesh)
+  writer = create_writer(workdir)
   if start == 0:
     writer.write_hparams(_flat_hparams(config))
   train_fn = compile_step(config, mesh, state, steps)
   run = _Run(config, workdir, mngr, meta, writer, train_fn)
   batches = pipeline.create_iterator(config, mesh, start_step=start)
+  watcher = preemption.Watcher()
   try:
-    state = run.loop(state, batches, start)
+    state, stopped = run.loop(state, batches, start, watcher)
   finally:
+    watcher.close()
     batches.close()
     mngr.wait_until_finished()  # Let an in-flight save finish, even on error.
   final = int(jax.device_get(state.step))
   checkpointing.save(mngr, state, meta, step=final, force=True)
   mngr.close()  # Waits for the save, then releases orbax's threads.
-  if final == steps and config.train.sample_every:
-    if steps % config.train.sample_every:
-      write_samples(config, state, writer, workdir, steps)
   writer.flush()
+  if stopped:
+    raise preemption.Preempted(final)
+  if config.train.sample_every and steps % config.train.sample_every:
+    write_samples(config, state, writer, workdir, steps)
+    writer.flush()
   return state
 
 
@@ -165,8 +211,8 @@ class _Run:
       num_train_steps=self.steps, writer=writer
     )
 
-  def loop(self, state, batches, start: int):
-    """Runs steps start..total (or until preemption); returns the state."""
+  def loop(self, state, batches, start: int, stop) -> tuple[Any, bool]:
+    """Runs steps start..total; returns (state, stopped early)."""
     cfg = self.config.train
     history, t_log = [], time.perf_counter()
     for step in range(start, self.steps):
@@ -183,10 +229,10 @@ class _Run:
       if cfg.eval_every and done % cfg.eval_every == 0:
         evaluate.train_time_fid(self.config, state, done, self.writer)
       checkpointing.save(self.mngr, state, self.meta, step=done)
-      if self.mngr.reached_preemption(done):
-        logging.warning("Preemption at step %d: saving and exiting", done)
-        break
-    return state
+      if done < self.steps and stop(done):
+        logging.warning("Stopping at step %d: saving a checkpoint", done)
+        return state, True
+    return state, False
 
   def _check_nonfinite(self, scalars: dict) -> None:
     limit = self.config.train.max_nonfinite
@@ -194,7 +240,7 @@ class _Run:
       raise FloatingPointError(
         f"{int(scalars['nonfinite'])} non-finite steps were skipped (limit "
         f"train.max_nonfinite={limit}); lower optim.lr or check the data; "
-        f"the last good checkpoint is step {self.mngr.latest_step()}"
+        f"the last checkpoint is step {self.mngr.latest_step()}"
       )
 
 

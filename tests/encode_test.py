@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import parallel, train
+from ilct_jax import parallel, rng, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import build, encode, latents, pipeline, tfds_images
 from ilct_jax.evaluation import generate, image_io
@@ -128,7 +128,7 @@ def test_latents_are_posterior_samples_keyed_by_example_index(setup):
   stored = _stored(config)
   vae, params = setup["vae"]
   images = tfds_images.make_array(config, 16)
-  base = jax.random.fold_in(jax.random.key(config.seed), 1)
+  base = rng.stream(config.seed, "encode")
   for i in (0, 7, N_IMAGES - 1):
     mean, logvar = autoencoder.encode_pure(vae, params, images[[i]])
     key = jax.random.fold_in(base, i)
@@ -250,7 +250,7 @@ def test_flip_double_encodes_mirrors_as_extra_rows(setup, tmp_path):
     tfds_images.make_array(config, 16)[[N_IMAGES]], image[:, :, ::-1]
   )
   mean, logvar = autoencoder.encode_pure(vae, params, image[:, :, ::-1])
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 1), N_IMAGES)
+  key = rng.key_at(3, "encode", N_IMAGES)
   want = autoencoder.sample_latents(key, mean[0], logvar[0])
   np.testing.assert_allclose(stored[N_IMAGES], want, rtol=1e-4, atol=1e-5)
   config.data.flip_double = False  # The training config must agree.
@@ -316,8 +316,8 @@ def _train_sample_decode(config, tmp_path) -> None:
     batches.close()
   assert int(jax.device_get(state.step)) == 3
   assert np.isfinite(float(metrics["loss"]))
-  images = generate.sample_images(config, state, num=4)
-  for name, grid in images.items():
+  samples = generate.sample_images(config, state.ema(0.9), num=4)
+  for name, (_, grid) in samples.items():
     assert grid.shape == (4, 16, 16, 3) and grid.dtype == np.uint8, name
     path = str(tmp_path / f"{name}.png")
     tiles = image_io.make_grid(grid)

@@ -15,14 +15,13 @@ import os
 import types
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from ilct_jax import checkpointing, parallel, sampling, train
+from ilct_jax import checkpointing, parallel, rng, sampling, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 from ilct_jax.evaluation import evaluate, features, fid, image_io
@@ -171,10 +170,9 @@ def test_jpeg_protocol_uneven_batches(env):
 
 def _onestep_uint8(config, params):
   """The first generated batch, quantized on the host."""
-  frozen = ml_collections.FrozenConfigDict(config)
   sigmas = sampling.samplers(config)["onestep"]
-  gen = evaluate._generator(frozen, sigmas, evaluate._mesh())
-  key = jax.random.fold_in(jax.random.key(config.eval.seed), 0)
+  gen = evaluate._generator(config, sigmas, evaluate._mesh())
+  key = jax.random.fold_in(rng.stream(config.eval.seed, "eval"), 0)
   x = gen(params, jax.random.fold_in(key, 0))
   return np.repeat(np.asarray(image_io.to_uint8(x)), 3, axis=-1).astype(int)
 
@@ -191,12 +189,12 @@ def test_train_time_fid_logs_and_reuses_compiled_functions(env):
   first = evaluate.train_time_fid(env.config, env.state, 7, writer)
   misses = (
     features.load_feature_fn.cache_info().misses,
-    evaluate._generator.cache_info().misses,
+    sampling._compiled_sampler.cache_info().misses,
   )
   second = evaluate.train_time_fid(env.config, env.state, 8, writer)
   assert misses == (
     features.load_feature_fn.cache_info().misses,
-    evaluate._generator.cache_info().misses,
+    sampling._compiled_sampler.cache_info().misses,
   )
   keys = {f"train_eval/{m}_{s}" for m in ("fid", "precision", "recall")
           for s in ("onestep", "twostep")}  # fmt: skip

@@ -96,7 +96,9 @@ def test_stats_npz_round_trip_and_errors(tmp_path):
   mu2, sigma2 = fid.load_stats(path)
   np.testing.assert_array_equal(mu2, mu)
   np.testing.assert_array_equal(sigma2, sigma)
-  with pytest.raises(FileNotFoundError, match="No FID statistics.*build them"):
+  with pytest.raises(
+    FileNotFoundError, match="FID statistics .* not found; build them"
+  ):
     fid.load_stats(str(tmp_path / "none.npz"))
   np.savez(tmp_path / "bad.npz", mu=mu)
   with pytest.raises(ValueError, match=r"lacks \['sigma'\]"):

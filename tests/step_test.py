@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import consistency, coupling, parallel
+from ilct_jax import consistency, coupling, parallel, rng
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 
@@ -120,7 +120,7 @@ def test_loss_matches_hand_computation(tiny_config):
   _, m = step_lib.compile_train_step(c, mesh, total_steps=6)(
     state, jax.device_put(x0, parallel.batch_sharding(mesh))
   )
-  key = jax.random.fold_in(jax.random.key(c.seed), 0)
+  key = rng.key_at(c.seed, "train", 0)
   k_noise, k_idx, _ = jax.random.split(key, 3)
   z = jax.random.normal(k_noise, x0.shape)
   z = z[coupling.assignment(x0, z, method="exact")]

@@ -121,7 +121,8 @@ def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
   restored, meta = checkpointing.restore(
     mngr, tiny_config, state_lib.create_train_state(tiny_config, mesh)
   )
-  assert meta == {"total_steps": 6} and int(restored.step) == 1
+  assert meta["total_steps"] == 6 and int(restored.step) == 1
+  assert meta["checksums"] == checkpointing.checksums(state)
   a, ma = fn(state, batch(1))
   b, mb = fn(restored, batch(1))
   assert float(ma["loss"]) == float(mb["loss"])

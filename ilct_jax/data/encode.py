@@ -15,7 +15,7 @@ whole set (unbiased std, NHWC) in stats.npz. The output directory is
 Determinism and resume: the work is cut into fixed chunks of
 `data.encode_chunk` examples; each finished chunk is one ArrayRecord file,
 renamed into place only when complete. The posterior noise of example i uses
-the key fold_in(fold_in(key(seed), 1), i), independent of batching, process
+the key rng.key_at(seed, "encode", i), independent of batching, process
 and device count, so a rerun after an interruption skips the finished chunks
 and produces the same dataset as an uninterrupted run. manifest.json is
 written last; a finished directory is refused unless --overwrite.
@@ -29,26 +29,24 @@ output directory must be shared by all hosts.
 """
 
 import concurrent.futures
-import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ilct_jax import parallel, rng, storage
 from ilct_jax.data import latents, tfds_images
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
 
-# Folded into the seed so encoding noise is a stream of its own (the training
-# step derives its keys from the same config seed).
-_ENCODE_STREAM = 1
 # Fields of plan.json that must match for a rerun to resume a partial run.
 _RESUME_KEYS = ("format", "split", "source", "seed", "num_examples", "shape")
 _RESUME_KEYS += ("chunk_size", "vae_fingerprint")
@@ -88,7 +86,7 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
       "flip_double": bool(d.flip_double),
       "image_size": d.image_size * factor,
     },
-    "vae": {"path": os.path.abspath(config.vae.path)},
+    "vae": {"path": os.fspath(storage.path(config.vae.path))},
     "vae_fingerprint": latents.vae_fingerprint(config.vae.path),
     "seed": int(config.seed),
     "num_examples": n,
@@ -101,7 +99,7 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
 
 
 def _path(out_dir: str, name: str) -> str:
-  return os.path.join(out_dir, name)
+  return storage.join(out_dir, name)
 
 
 def _shards(plan: dict) -> list[str]:
@@ -112,16 +110,11 @@ def _shards(plan: dict) -> list[str]:
 def _ours(out_dir: str) -> list[str]:
   """Files this job writes in `out_dir` (never anything else)."""
   names = [latents.MANIFEST, latents.STATS, latents.PLAN]
-  for name in sorted(os.listdir(out_dir)):
-    if name.startswith("latents-") or name.endswith(".tmp"):
+  for name in storage.listdir(out_dir):
+    ours = name.lstrip(".").startswith("latents-") or name.endswith(".tmp")
+    if ours:
       names.append(name)
-  return [n for n in names if os.path.exists(_path(out_dir, n))]
-
-
-def _write_json(path: str, obj: dict) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)  # Atomic: never a half-written file.
+  return [n for n in names if storage.exists(_path(out_dir, n))]
 
 
 def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
@@ -132,19 +125,20 @@ def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
     plan: from `make_plan`.
     overwrite: delete this job's files in `out_dir` and start over.
   """
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   if overwrite:
     for name in _ours(out_dir):  # manifest first: stop looking finished.
-      os.remove(_path(out_dir, name))
-  if os.path.exists(_path(out_dir, latents.MANIFEST)):
+      storage.path(_path(out_dir, name)).unlink()
+  if storage.exists(_path(out_dir, latents.MANIFEST)):
     raise FileExistsError(
       f"{out_dir} already holds a finished latent dataset "
       f"({latents.MANIFEST}); pass --overwrite to encode it again"
     )
   plan_path = _path(out_dir, latents.PLAN)
-  if os.path.exists(plan_path):
-    with open(plan_path) as f:
-      old = json.load(f)
+  if storage.exists(plan_path):
+    old = storage.read_json(
+      plan_path, "encode plan", "pass --overwrite to start over"
+    )
     diff = [k for k in _RESUME_KEYS if old.get(k) != plan[k]]
     if diff:
       raise ValueError(
@@ -153,7 +147,7 @@ def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
         " use another --workdir"
       )
     logging.info("Resuming the partial encode in %s", out_dir)
-  _write_json(plan_path, plan)
+  storage.write_json(plan_path, plan)
 
 
 class _Progress:
@@ -196,7 +190,7 @@ def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
   vae, params = vae_lib.load_vae(config.vae.path)
   codec = autoencoder.make_codec(vae, params, mesh)
   data = NamedSharding(mesh, P("data"))
-  base = jax.random.fold_in(jax.random.key(config.seed), _ENCODE_STREAM)
+  base = rng.stream(config.seed, "encode")
 
   @jax.jit
   def sample(mean, logvar, index):
@@ -250,18 +244,22 @@ def write_chunk(out_dir: str, shard: str, stored: np.ndarray) -> None:
   """Writes the moments, then the records; the records' rename ends it."""
   from array_record.python import array_record_module
 
-  moments = _path(out_dir, latents.moments_name(shard))
-  np.savez(moments + ".tmp.npz", **chunk_moments(stored))
-  os.replace(moments + ".tmp.npz", moments)
-  tmp = _path(out_dir, shard + ".tmp")
+  storage.save_npz(
+    _path(out_dir, latents.moments_name(shard)), **chunk_moments(stored)
+  )
   # One record per group, uncompressed: a read is one pread, no decoding
   # (float noise barely compresses; this doubled the batch rate here).
+  # ArrayRecord writes local files only: write one, then copy it into place
+  # (atomically, so a chunk file exists only when complete).
   options = "group_size:1,uncompressed"
-  writer = array_record_module.ArrayRecordWriter(tmp, options)
-  for row in np.asarray(stored, "<f4"):
-    writer.write(row.tobytes())
-  writer.close()
-  os.replace(tmp, _path(out_dir, shard))
+  with tempfile.TemporaryDirectory(prefix="ilct_encode_") as tmp_dir:
+    tmp = os.path.join(tmp_dir, shard)
+    writer = array_record_module.ArrayRecordWriter(tmp, options)
+    for row in np.asarray(stored, "<f4"):
+      writer.write(row.tobytes())
+    writer.close()
+    with open(tmp, "rb") as f:
+      storage.write_bytes(_path(out_dir, shard), f.read())
 
 
 def encode_part(
@@ -286,7 +284,7 @@ def encode_part(
   mesh = mesh or Mesh(np.array(jax.local_devices()), ("data",))
   shards = _shards(plan)
   mine = owned_chunks(len(shards), process_index, process_count)
-  todo = [j for j in mine if not os.path.exists(_path(out_dir, shards[j]))]
+  todo = [j for j in mine if not storage.exists(_path(out_dir, shards[j]))]
   n, size = plan["num_examples"], plan["chunk_size"]
   bounds = [chunk_bounds(j, size, n) for j in todo]
   count = sum(hi - lo for lo, hi in bounds)
@@ -333,7 +331,7 @@ def merge_moments(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
 def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
   """Stats from the chunk moments, then the manifest (written last)."""
   shards = _shards(plan)
-  missing = [s for s in shards if not os.path.exists(_path(out_dir, s))]
+  missing = [s for s in shards if not storage.exists(_path(out_dir, s))]
   if missing:
     raise RuntimeError(
       f"{len(missing)} of {len(shards)} latent chunks are missing in "
@@ -342,8 +340,14 @@ def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
     )
   parts = []
   for shard in shards:
-    with np.load(_path(out_dir, latents.moments_name(shard))) as f:
-      parts.append({k: f[k] for k in f.files})
+    parts.append(
+      storage.load_npz(
+        _path(out_dir, latents.moments_name(shard)),
+        "chunk moments",
+        "re-run ilct_jax.data.encode with --overwrite",
+        keys=("count", "mean", "m2"),
+      )
+    )
   mean, std, count = merge_moments(parts)
   if count != plan["num_examples"]:
     raise RuntimeError(
@@ -354,15 +358,8 @@ def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
   manifest = dict(plan, complete=True, files=shards, stats=latents.STATS)
   manifest["vae"] = dict(plan["vae"], fingerprint=plan["vae_fingerprint"])
   manifest["source"] = dict(plan["source"], corrupt_skipped=corrupt)
-  _write_json(_path(out_dir, latents.MANIFEST), manifest)
+  storage.write_json(_path(out_dir, latents.MANIFEST), manifest)
   return manifest
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
 
 
 def run(
@@ -389,10 +386,10 @@ def run(
   plan = make_plan(config, vae, n_images)
   if jax.process_index() == 0:
     prepare_dir(out_dir, plan, overwrite)
-  _sync("encode_latents_plan")
+  parallel.sync("encode_latents_plan")
   index, count = jax.process_index(), jax.process_count()
   encode_part(config, out_dir, plan, process_index=index, process_count=count)
-  _sync("encode_latents_chunks")
+  parallel.sync("encode_latents_chunks")
   if jax.process_index() != 0:
     return plan
   corrupt = tfds_images.corrupt_count(d.name, d.data_dir)
@@ -401,19 +398,24 @@ def run(
 
 def _main(argv: list[str]) -> None:
   del argv
-  from absl import flags
-
   flags_ = flags.FLAGS
   # As main.py: the noise of a key must not depend on the JAX default.
   jax.config.update("jax_threefry_partitionable", True)
-  if flags_.distributed:
-    jax.distributed.initialize()
+  parallel.initialize_cluster(
+    flags_.distributed,
+    flags_.coordinator_address,
+    flags_.num_processes,
+    flags_.process_id,
+    flags_.local_device_ids,
+  )
   config = flags_["config"].value
   out_dir = flags_.workdir or config.data.latent_dir
   if not out_dir:
     sys.exit("error: give --workdir=DIR or set --config.data.latent_dir=DIR")
+  if not storage.is_remote(out_dir):
+    out_dir = os.path.expanduser(out_dir)
   try:
-    manifest = run(config, os.path.expanduser(out_dir), flags_.overwrite)
+    manifest = run(config, out_dir, flags_.overwrite)
   except (FileNotFoundError, FileExistsError, ValueError) as e:
     sys.exit(f"error: {e}")
   if jax.process_index() == 0:
@@ -427,12 +429,12 @@ def _main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import app
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Config file.")
   flags.DEFINE_string("workdir", None, "Output dir (default data.latent_dir).")
   flags.DEFINE_bool("overwrite", False, "Re-encode a finished directory.")
-  flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+  parallel.define_cluster_flags()
   flags.mark_flags_as_required(["config"])
   app.run(_main)

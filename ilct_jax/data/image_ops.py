@@ -25,6 +25,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from ilct_jax import storage
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -48,12 +50,13 @@ def list_images(
   folder's own files (pytorch-fid's reference folders); the dataset builders
   walk every subfolder (FFHQ ships in numbered subfolders).
   """
-  found = []
-  for root, dirs, files in os.walk(folder):
+  top, found = storage.path(folder), []
+  for root, dirs, files in top.walk():
     dirs.sort()
+    rel = os.path.relpath(os.fspath(root), os.fspath(top))
     for name in files:
       if name.lower().endswith(extensions) and not name.startswith("."):
-        found.append(os.path.relpath(os.path.join(root, name), folder))
+        found.append(name if rel == "." else f"{rel}/{name}")
     if not recursive:
       break
   return sorted(found)
@@ -62,7 +65,7 @@ def list_images(
 def read_size(path: str) -> tuple[int, int] | None:
   """(width, height) from the file header, or None if it is not an image."""
   try:
-    with Image.open(path) as im:
+    with storage.path(path).open("rb") as f, Image.open(f) as im:
       return im.size
   except _DECODE_ERRORS:
     return None
@@ -71,7 +74,7 @@ def read_size(path: str) -> tuple[int, int] | None:
 def load_image(path: str) -> np.ndarray | None:
   """Decodes a file to RGB uint8 [H, W, 3]; None if it is corrupt."""
   try:
-    with Image.open(path) as im:
+    with storage.path(path).open("rb") as f, Image.open(f) as im:
       im.load()  # Decode fully here: truncated files fail now, not later.
       return np.asarray(im.convert("RGB"), np.uint8)
   except _DECODE_ERRORS:
@@ -144,7 +147,7 @@ def scan_folder(folder: str, size: int) -> FolderScan:
   """Reads every image header under `folder` and sorts the files."""
   scan = FolderScan([], [], [])
   for rel in list_images(folder):
-    wh = read_size(os.path.join(folder, rel))
+    wh = read_size(storage.join(folder, rel))
     if wh is None:
       scan.corrupt.append(rel)
     elif min(wh) < size:

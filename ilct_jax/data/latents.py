@@ -39,7 +39,9 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
+from ilct_jax import storage
 from ilct_jax.models import vae as vae_lib
 from ilct_jax.models.autoencoder import SCALING_FACTOR
 
@@ -92,31 +94,21 @@ def compute_stats(unscaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_stats(path: str, mean: np.ndarray, std: np.ndarray) -> None:
-  """Writes mean/std to an `.npz` (atomically: temp file, then rename)."""
-  tmp = path + ".tmp.npz"
-  np.savez(
-    tmp, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32)
+  """Writes mean/std to an `.npz` (atomically)."""
+  storage.save_npz(
+    path, mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32)
   )
-  os.replace(tmp, path)
 
 
 def load_stats(
   path: str, shape: tuple[int, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """Reads mean/std and checks them against the latent shape [H, W, C]."""
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(
-      f"latent statistics {path!r} not found; run `python -m "
-      "ilct_jax.data.encode` first or set data.stats_path"
-    )
-  with np.load(path) as f:
-    missing = {"mean", "std"} - set(f.files)
-    if missing:
-      raise ValueError(
-        f"stats file {path} lacks {sorted(missing)}; it must hold 'mean' and "
-        "'std' arrays (re-run ilct_jax.data.encode)"
-      )
-    mean, std = f["mean"].astype(np.float32), f["std"].astype(np.float32)
+  fix = "run `python -m ilct_jax.data.encode` or set data.stats_path"
+  if not path:
+    raise FileNotFoundError(f"latent statistics path is empty; {fix}")
+  f = storage.load_npz(path, "latent statistics", fix, keys=("mean", "std"))
+  mean, std = f["mean"].astype(np.float32), f["std"].astype(np.float32)
   if mean.shape != std.shape or (shape is not None and mean.shape != shape):
     raise ValueError(
       f"stats file {path} has mean {mean.shape} / std {std.shape} but the "
@@ -143,23 +135,21 @@ def moments_name(shard: str) -> str:
 
 
 def _file_key(path: str) -> tuple:
-  st = os.stat(path)
-  return (st.st_size, st.st_mtime_ns)
+  st = storage.path(path).stat()
+  return (st.length, st.mtime)
 
 
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: str, key: tuple) -> str:
   del key  # Only part of the cache key: a rewritten file is hashed again.
-  with open(os.path.join(path, vae_lib.CONFIG_FILE)) as f:
-    config = json.load(f)
+  config, params = vae_lib.read_checkpoint(path)
   digest = hashlib.sha256()
   arch = {k: config[k] for k in vae_lib.ARCH_FIELDS}
   digest.update(json.dumps(arch, sort_keys=True).encode())
-  with np.load(os.path.join(path, vae_lib.PARAMS_FILE)) as params:
-    for name in sorted(params.files):
-      value = np.ascontiguousarray(params[name], np.float32)
-      digest.update(f"{name}:{value.shape}".encode())
-      digest.update(value.tobytes())
+  for name in sorted(params):
+    value = np.ascontiguousarray(params[name], np.float32)
+    digest.update(f"{name}:{value.shape}".encode())
+    digest.update(value.tobytes())
   return "sha256:" + digest.hexdigest()
 
 
@@ -169,14 +159,14 @@ def vae_fingerprint(path: str) -> str:
   Hashes the arrays, not the .npz bytes, so the same weights saved twice
   (zip timestamps differ) have the same fingerprint.
   """
-  params = os.path.join(path, vae_lib.PARAMS_FILE)
-  if not os.path.isfile(params):
+  params = storage.join(path, vae_lib.PARAMS_FILE)
+  if not storage.isfile(params):
     raise FileNotFoundError(
       f"no {vae_lib.PARAMS_FILE} in VAE checkpoint directory {path!r}; set "
       "vae.path to a directory written by `python -m "
       "ilct_jax.models.convert_vae`"
     )
-  return _fingerprint(os.path.abspath(path), _file_key(params))
+  return _fingerprint(os.fspath(storage.path(path)), _file_key(params))
 
 
 def stats_path(config: ml_collections.ConfigDict) -> str:
@@ -184,7 +174,7 @@ def stats_path(config: ml_collections.ConfigDict) -> str:
   d = config.data
   if d.stats_path:
     return d.stats_path
-  return os.path.join(d.latent_dir, STATS) if d.latent_dir else ""
+  return storage.join(d.latent_dir, STATS) if d.latent_dir else ""
 
 
 def read_manifest(latent_dir: str) -> dict[str, Any]:
@@ -194,18 +184,21 @@ def read_manifest(latent_dir: str) -> dict[str, Any]:
       "data.latent_dir is empty; set it to the directory written by "
       "`python -m ilct_jax.data.encode`"
     )
-  path = os.path.join(latent_dir, MANIFEST)
-  if not os.path.isfile(path):
-    partial = os.path.isfile(os.path.join(latent_dir, PLAN))
+  path = storage.join(latent_dir, MANIFEST)
+  if not storage.isfile(path):
+    partial = storage.isfile(storage.join(latent_dir, PLAN))
     state = "is unfinished" if partial else "has no latent dataset"
     raise FileNotFoundError(
       f"{latent_dir} {state} (no {MANIFEST}); run `python -m "
       "ilct_jax.data.encode --config=... --workdir=" + latent_dir + "` "
       "(a rerun resumes where it stopped)"
     )
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format") != FORMAT or not manifest.get("complete"):
+  manifest = storage.read_json(
+    path, "latent manifest", "re-run ilct_jax.data.encode with --overwrite"
+  )
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    manifest = {}
+  if not manifest.get("complete"):
     raise ValueError(
       f"{path} is not a finished {FORMAT} manifest; re-run "
       "ilct_jax.data.encode with --overwrite"
@@ -320,13 +313,20 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
   manifest = read_manifest(d.latent_dir)
   check_manifest(manifest, config)
   shape = tuple(manifest["shape"])
-  files = [os.path.join(d.latent_dir, f) for f in manifest["files"]]
-  missing = [f for f in files if not os.path.isfile(f)]
+  files = [storage.join(d.latent_dir, f) for f in manifest["files"]]
+  missing = [f for f in files if not storage.isfile(f)]
   if missing:
     raise FileNotFoundError(
       f"{len(missing)} latent file(s) listed in the manifest are missing "
       f"(e.g. {missing[0]}); re-encode with ilct_jax.data.encode --overwrite"
     )
+  # ArrayRecord's reader opens local files only: a remote dataset is copied
+  # once to this host's cache ($ILCT_CACHE_DIR, default ~/.cache/ilct_jax).
+  if storage.is_remote(d.latent_dir):
+    logging.info(
+      "Staging %d latent files to %s", len(files), storage.cache_root()
+    )
+  files = [storage.local_copy(f) for f in files]
   mean, std = load_stats(stats_path(config), shape)
   array = LatentArray(files, shape, mean, std)
   if len(array) != manifest["num_examples"]:

@@ -16,7 +16,7 @@ digits: python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
 
 import concurrent.futures
 import functools
-import json
+import io
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +30,7 @@ from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilct_jax import checkpointing, parallel, sampling
+from ilct_jax import checkpointing, parallel, rng, sampling, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 from ilct_jax.evaluation import features, fid, generate, image_io
@@ -59,19 +59,19 @@ def _reference_command(config: Config, path: str) -> str:
 
 def _check_files(config: Config) -> None:
   ev = config.eval  # Missing files are the usual error: name the command.
-  if not ev.inception_path or not os.path.isfile(ev.inception_path):
+  if not ev.inception_path or not storage.isfile(ev.inception_path):
     raise FileNotFoundError(
       f"eval.inception_path={ev.inception_path!r} is not a file; download "
       "pytorch-fid's pt_inception-2015-12-05-6726825d.pth and run python -m "
       "ilct_jax.models.convert_inception --pth=<that file> "
       "--out=inception_fid.npz"
     )
-  if not ev.ref_stats or not os.path.isfile(ev.ref_stats):
+  if not ev.ref_stats or not storage.isfile(ev.ref_stats):
     raise FileNotFoundError(
       f"eval.ref_stats={ev.ref_stats!r} is not a file; build the reference "
       f"statistics with {_reference_command(config, ev.ref_stats or 'S.npz')}"
     )
-  if ev.ref_features and not os.path.isfile(ev.ref_features):
+  if ev.ref_features and not storage.isfile(ev.ref_features):
     raise FileNotFoundError(
       f"eval.ref_features={ev.ref_features!r} is not a file; write it with "
       "--features_out of the command that built eval.ref_stats, or set ''"
@@ -124,7 +124,15 @@ def check_eval_config(config: Config) -> None:
 @functools.lru_cache(maxsize=4)
 def _reference(stats: str, features: str) -> tuple[Any, Any, Any]:
   """(mu, sigma, features [N, D] or None), read once per run."""
-  feats = np.load(features, allow_pickle=False) if features else None
+  feats = None
+  if features:
+    try:
+      feats = np.load(io.BytesIO(storage.read_bytes(features)))
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(
+        f"reference features {features} are not a readable .npy ({e}); "
+        "write them again with --features_out"
+      ) from None
   if feats is not None and feats.ndim != 2:
     raise ValueError(f"{features} is not an .npy of [N, D] features")
   return *fid.load_stats(stats), feats
@@ -135,18 +143,15 @@ def _mesh() -> Mesh:
   return parallel.make_mesh()
 
 
-@functools.lru_cache(maxsize=8)
-def _generator(
-  config: ml_collections.FrozenConfigDict, sigmas: tuple[float, ...], mesh
-) -> Callable[[PyTree, jax.Array], jax.Array]:
+def _generator(config: Config, sigmas: tuple[float, ...], mesh: Mesh):
   """jit(params, key) -> eval.batch_size samples sharded on "data"."""
-  model = state_lib.create_model(config)
-  shape = (config.eval.batch_size, *state_lib.example_shape(config))
-
-  def generate_batch(params: PyTree, key: jax.Array) -> jax.Array:
-    return sampling.sample(model.apply, params, key, shape, sigmas, config.ct)
-
-  return jax.jit(generate_batch, out_shardings=NamedSharding(mesh, P("data")))
+  return sampling.make_sampler(
+    state_lib.create_model(config),
+    config.ct,
+    (config.eval.batch_size, *state_lib.example_shape(config)),
+    sigmas,
+    parallel.batch_sharding(mesh),
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -164,8 +169,7 @@ def _save_rows(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
 
   def save(i: int) -> np.ndarray:
     data, ext = image_io.encode(rows[i], fmt)
-    with open(os.path.join(save_dir, f"{index[i]:06d}.{ext}"), "wb") as f:
-      f.write(data)
+    storage.write_bytes(storage.join(save_dir, f"{index[i]:06d}.{ext}"), data)
     # PNG is lossless; a JPEG is read back: FID sees what was saved.
     return rows[i] if fmt == "png" else image_io.decode(data)
 
@@ -187,7 +191,7 @@ def _local_batches(
     raise ValueError("cannot decode samples: set vae.path (convert_vae.py)")
   fmt = ev.save_images if save_dir else ""
   if fmt:
-    os.makedirs(save_dir, exist_ok=True)
+    storage.makedirs(save_dir)
 
   def images(i: int) -> jax.Array:
     x = decode(x0_batch(i))
@@ -244,15 +248,14 @@ def sample_features(
 ) -> np.ndarray:
   """image_features of `num` samples of the named sampler.
 
-  Batch i uses the key fold_in(fold_in(key(eval.seed), sampler id), i), so
+  Batch i uses the key fold_in(fold_in(eval stream of eval.seed, sampler
+  id), i) (rng.py), so
   the samples do not depend on the device or process count.
   """
   samplers = sampling.samplers(config)
-  gen = _generator(
-    ml_collections.FrozenConfigDict(config), samplers[sampler], _mesh()
-  )
+  gen = _generator(config, samplers[sampler], _mesh())
   key = jax.random.fold_in(
-    jax.random.key(config.eval.seed), list(samplers).index(sampler)
+    rng.stream(config.eval.seed, "eval"), list(samplers).index(sampler)
   )
   x0 = lambda i: gen(params, jax.random.fold_in(key, i))
   return image_features(config, x0, num, save_dir)
@@ -280,7 +283,7 @@ def evaluate_params(
   for name in config.eval.samplers:
     start, sigmas = time.perf_counter(), sampling.samplers(config)[name]
     logging.info("FID of %s: %d samples, sigmas %s", name, num, sigmas)
-    save_dir = os.path.join(save_root, name) if save_root else None
+    save_dir = storage.join(save_root, name) if save_root else None
     feats = sample_features(config, params, name, num, save_dir)
     results[name] = metrics_from_features(config, feats)
     results[name].update(
@@ -311,17 +314,18 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
   ev, mesh = config.eval, _mesh()
   if ev.inception_size != inception.FID_SIZE:
     logging.warning("eval.inception_size != 299: FID not comparable to papers")
-  abstract = jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-    state_lib.abstract_state(config),
-    state_lib.state_sharding(config, mesh),
+  step = None if ev.step < 0 else ev.step
+  opened = checkpointing.load_run(
+    workdir,
+    config=config,
+    step=step,
+    what="ema",
+    ema_decay=ema_decay(config),
+    mesh=mesh,
   )
-  mngr = checkpointing.create_manager(workdir, config.train, read_only=True)
-  step = mngr.latest_step() if ev.step < 0 else ev.step
-  state, _ = checkpointing.restore(mngr, config, abstract, step)
-  params = state.ema(ema_decay(config))
-  out_dir = os.path.join(workdir, "eval")
-  save_root = os.path.join(out_dir, str(step)) if ev.save_images else None
+  step, params = opened.step, opened.params
+  out_dir = storage.join(workdir, "eval")
+  save_root = storage.join(out_dir, str(step)) if ev.save_images else None
   record = dict(
     step=step,
     ema_decay=ema_decay(config),
@@ -334,10 +338,8 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
     samplers=evaluate_params(config, params, ev.num_samples, save_root),
   )
   if jax.process_index() == 0:
-    path = os.path.join(out_dir, f"metrics_{step}.json")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(record, f, indent=2)
+    path = storage.join(out_dir, f"metrics_{step}.json")
+    storage.write_json(path, record, sort_keys=False)
     logging.info("Wrote %s", path)
   from clu import metric_writers  # Lazy: imports TensorFlow.
 
@@ -392,8 +394,7 @@ def dataset_reference(
   feats = image_features(config, x0, num)
   fid.save_stats(stats_out, *fid.stats_from_features(feats))
   if features_out:
-    with open(features_out, "wb") as f:  # Keeps the exact file name.
-      np.save(f, feats)
+    storage.save_npy(features_out, feats)
   return feats
 
 

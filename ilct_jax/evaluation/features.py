@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from ilct_jax import parallel
+from ilct_jax import parallel, storage
 from ilct_jax.data import image_ops
 from ilct_jax.evaluation import fid, image_io
 from ilct_jax.models import convert_inception, inception
@@ -133,14 +133,12 @@ def extract_features(
 
 
 def _load_rgb(path: str) -> np.ndarray:
-  with open(path, "rb") as f:
-    return image_io.decode(f.read())
+  return image_io.decode(storage.read_bytes(path))
 
 
 def _image_files(folder: str) -> list[str]:
   """pytorch-fid's reference set: the images directly in `folder`, sorted."""
-  folder = os.path.expanduser(folder)
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise FileNotFoundError(
       f"Image folder {folder!r} does not exist; pass a folder of JPG/PNG files."
     )
@@ -150,7 +148,7 @@ def _image_files(folder: str) -> list[str]:
       f"Image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files; "
       "point --images at the folder that contains the images themselves."
     )
-  return [os.path.join(folder, name) for name in files]
+  return [storage.join(folder, name) for name in files]
 
 
 def _folder_batches(files: list[str], batch_size: int) -> Iterator[np.ndarray]:
@@ -268,7 +266,7 @@ def main(argv: list[str]) -> None:
     )
   fid.save_stats(cfg.out, mu, sigma)
   if cfg.features_out:
-    np.save(cfg.features_out, feats)
+    storage.save_npy(cfg.features_out, feats)
   print(f"Wrote {cfg.out}: {feats.shape[0]} images, mu {mu.shape}")
 
 

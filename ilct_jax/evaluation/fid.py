@@ -13,7 +13,6 @@ features instead, so numbers from here are not directly comparable with it.
 """
 
 import functools
-import os
 import warnings
 from typing import Any
 
@@ -21,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import linalg
+
+from ilct_jax import storage
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -111,26 +112,17 @@ def save_stats(path: str, mu: Any, sigma: Any) -> None:
   """Writes `mu` and `sigma` (float64) to an `.npz` that pytorch-fid reads."""
   mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
   _check_stats(mu, sigma, path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:  # A file object keeps the exact name.
-    np.savez(f, mu=mu, sigma=sigma)
+  storage.save_npz(path, mu=mu, sigma=sigma)
 
 
 def load_stats(path: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads (mu, sigma) from an `.npz` written here or by pytorch-fid."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-      f"No FID statistics at {path!r}; build them with python -m "
-      "ilct_jax.evaluation.features --inception=... --images=... --out=" + path
-    )
-  with np.load(path, allow_pickle=False) as data:
-    missing = [k for k in ("mu", "sigma") if k not in data.files]
-    if missing:
-      raise ValueError(
-        f"{path} lacks {missing} (has {data.files}); FID statistics files "
-        "hold 'mu' and 'sigma', as written by save_stats or pytorch-fid."
-      )
-    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+  fix = (
+    "build them with python -m ilct_jax.evaluation.features "
+    f"--inception=... --images=... --out={path} (or use pytorch-fid's .npz)"
+  )
+  data = storage.load_npz(path, "FID statistics", fix, keys=("mu", "sigma"))
+  mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
   _check_stats(mu, sigma, path)
   return mu, sigma
 

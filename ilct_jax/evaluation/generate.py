@@ -1,13 +1,12 @@
 """Turning a train state into images: sampling, decoding, and --mode=sample.
 
 Pixel runs (the digits demo) are already images in [-1, 1]. Latent runs are
-de-normalized with the per-element statistics (latents.py) and decoded by the
-SD VAE when `vae.path` points at a converted checkpoint; without one, only the
-latents are written (.npz).
+de-normalized with the per-element statistics (data/latents.py) and decoded by
+the SD VAE when `vae.path` points at a converted checkpoint; without one, only
+the latents are written (.npz).
 """
 
 import functools
-import os
 from typing import Any, Callable
 
 import jax
@@ -15,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import checkpointing, parallel, sampling
+from ilct_jax import checkpointing, parallel, rng, sampling, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
 from ilct_jax.evaluation import image_io
@@ -56,69 +55,81 @@ def sample_data(
   key: jax.Array,
   num: int,
   sigmas: tuple[float, ...],
+  mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
-  """`num` samples in data space (x0) through the given sigmas."""
-  model = state_lib.create_model(config)
-  shape = (num, *state_lib.example_shape(config))
-  fn = jax.jit(
-    lambda p, k: sampling.sample(model.apply, p, k, shape, sigmas, config.ct)
+  """`num` samples in data space (x0) through the given sigmas.
+
+  The result is replicated over `mesh` (default: all devices), so every
+  process holds all of it. The compiled sampler is cached
+  (`sampling.make_sampler`): repeated grids compile nothing.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  fn = sampling.make_sampler(
+    state_lib.create_model(config),
+    config.ct,
+    (num, *state_lib.example_shape(config)),
+    sigmas,
+    parallel.replicated(mesh),
   )
   return fn(params, key)
 
 
 def sample_images(
-  config: ml_collections.ConfigDict,
-  state: state_lib.TrainState,
-  num: int,
-  seed: int = 0,
-) -> dict[str, np.ndarray | None]:
-  """uint8 sample grids for each named sampler (None if not decodable)."""
-  params = state.ema(config.sample.ema_decay)
+  config: ml_collections.ConfigDict, params: PyTree, num: int
+) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+  """{sampler: (x0 samples, uint8 images or None)} for each named sampler.
+
+  Keys come from the "sample" stream of config.seed (rng.py), folded by the
+  sampler's position, so the training grids and --mode=sample of the same
+  parameters show the same samples. Images are None when latents cannot be
+  decoded (no vae.path).
+  """
   decode = image_decoder(config)
+  base = rng.stream(config.seed, "sample")
   out = {}
   for i, (name, sigmas) in enumerate(sampling.samplers(config).items()):
-    key = jax.random.fold_in(jax.random.key(seed), i)
-    x = sample_data(config, params, key, num, sigmas)
-    out[name] = (
-      None if decode is None else np.asarray(image_io.to_uint8(decode(x)))
-    )
+    x = sample_data(config, params, jax.random.fold_in(base, i), num, sigmas)
+    images = None
+    if decode is not None:
+      images = np.asarray(image_io.to_uint8(decode(x)))
+    out[name] = (np.asarray(x), images)
   return out
+
+
+def write_grid(path: str, images: np.ndarray) -> None:
+  """A PNG grid of uint8 samples (tiny images upscaled to ~128 pixels)."""
+  up = max(1, 128 // images.shape[1])
+  storage.write_bytes(path, image_io.png_bytes(image_io.make_grid(images), up))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """--mode=sample: PNG grids + .npz of samples from a checkpoint.
 
+  Restores only the EMA `sample.ema_decay` of checkpoint `sample.step`
+  (-1: the latest that passes verification) into an abstract target.
+
   Returns:
     Mapping of sampler name to the written PNG (or .npz) path.
   """
-  mngr = checkpointing.create_manager(workdir, config.train, read_only=True)
-  mesh = parallel.make_mesh()
-  target = state_lib.create_train_state(config, mesh)
   step = None if config.sample.step < 0 else config.sample.step
-  state, _ = checkpointing.restore(mngr, config, target, step)
-  mngr.close()
-  step = int(jax.device_get(state.step))
-  params = state.ema(config.sample.ema_decay)
-  decode = image_decoder(config)
-  out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  opened = checkpointing.load_run(workdir, config=config, step=step, what="ema")
+  out_dir = storage.join(workdir, "samples")
   written = {}
-  for i, (name, sigmas) in enumerate(sampling.samplers(config).items()):
-    key = jax.random.fold_in(jax.random.key(config.seed + 1), i)
-    x = sample_data(config, params, key, config.sample.num, sigmas)
-    stem = os.path.join(
-      out_dir, f"{name}_step{step}_ema{config.sample.ema_decay}"
-    )
-    arrays = {"samples": np.asarray(x), "sigmas": np.asarray(sigmas)}
-    if decode is not None:
-      arrays["images"] = np.asarray(image_io.to_uint8(decode(x)))
-      grid = image_io.make_grid(arrays["images"])
-      up = max(1, 128 // arrays["images"].shape[1])
-      image_io.save_png(stem + ".png", grid, upscale=up)
+  ema = config.sample.ema_decay
+  samples = sample_images(config, opened.params, config.sample.num)
+  for name, (x, images) in samples.items():
+    stem = storage.join(out_dir, f"{name}_step{opened.step}_ema{ema}")
+    sigmas = sampling.samplers(config)[name]
+    arrays = {"samples": x, "sigmas": np.asarray(sigmas)}
+    if images is not None:
+      arrays["images"] = images
       written[name] = stem + ".png"
     else:
       logging.warning("vae.path is empty: writing latents only for %s", name)
       written[name] = stem + ".npz"
-    np.savez_compressed(stem + ".npz", **arrays)
+    if jax.process_index() == 0:
+      if images is not None:
+        write_grid(stem + ".png", images)
+      storage.save_npz(stem + ".npz", **arrays)
     logging.info("Wrote %s (%d samples, sigmas %s)", stem, len(x), sigmas)
   return written

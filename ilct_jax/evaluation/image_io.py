@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from ilct_jax import storage
+
 SAVE_FORMATS = ("", "png", "jpeg")  # eval.save_images choices.
 # The reference saves samples with PIL's `save("x.jpg")`, whose default
 # quality is 75 (docs/ALGORITHM.md section 14); FID then reads those JPEGs.
@@ -75,9 +77,8 @@ def png_bytes(grid: np.ndarray, upscale: int = 1) -> bytes:
 
 
 def save_png(path: str, grid: np.ndarray, upscale: int = 1) -> None:
-  """Writes a uint8 grid as PNG (nearest upscaling for tiny images)."""
-  with open(path, "wb") as f:
-    f.write(png_bytes(grid, upscale))
+  """Writes a uint8 grid as PNG, locally or to gs:// (nearest upscaling)."""
+  storage.write_bytes(path, png_bytes(grid, upscale))
 
 
 def encode(image: np.ndarray, fmt: str) -> tuple[bytes, str]:

@@ -31,6 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ilct_jax import storage
 from ilct_jax.models import inception
 
 PyTree = Any
@@ -179,9 +180,7 @@ def save_variables(path: str, variables: PyTree) -> None:
   arrays = {
     "/".join(k.key for k in p): np.asarray(v, np.float32) for p, v in flat
   }
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:  # A file object keeps the exact name.
-    np.savez(f, **arrays)
+  storage.save_npz(path, **arrays)
 
 
 def load_inception(
@@ -190,22 +189,20 @@ def load_inception(
   """Loads a converted checkpoint.
 
   Args:
-    path: local `.npz` written by this module's converter.
+    path: `.npz` (local or gs://) written by this module's converter.
     **module_kwargs: forwarded to `inception.InceptionV3` (e.g. precision).
 
   Returns:
     (module, variables), to be called as `module.apply(variables, images)`.
   """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-      f"No converted Inception checkpoint at {path!r}; run python -m "
-      "ilct_jax.models.convert_inception --pth=pt_inception-...pth --out="
-      + path
-    )
+  fix = (
+    "run python -m ilct_jax.models.convert_inception "
+    f"--pth=pt_inception-...pth --out={path}"
+  )
   module = inception.InceptionV3(**module_kwargs)
   expected = _flat_shapes(module.num_classes)
-  with np.load(path, allow_pickle=False) as data:
-    stored = {tuple(k.split("/")): data[k] for k in data.files}
+  data = storage.load_npz(path, "converted Inception checkpoint", fix)
+  stored = {tuple(k.split("/")): v for k, v in data.items()}
   missing = ["/".join(p) for p in expected if p not in stored]
   unexpected = ["/".join(p) for p in stored if p not in expected]
   _fail_on_mismatch(missing, unexpected)

@@ -29,9 +29,7 @@ Checkpoint format (written by `save_vae`, read by `load_vae`): a directory with
 * `params.npz`: one float32 array per parameter, keyed by its "/"-joined path.
 """
 
-import json
 import math
-import os
 from typing import Any, Sequence
 
 import flax
@@ -40,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from ilct_jax import storage
 
 PyTree = Any
 
@@ -444,11 +444,32 @@ def save_vae(
   """
   flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
   check_param_shapes(vae, flat)
-  os.makedirs(path, exist_ok=True)
+  storage.makedirs(path)
   config = {"format": FORMAT, **config_dict(vae), **(extra or {})}
-  with open(os.path.join(path, CONFIG_FILE), "w") as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  np.savez(os.path.join(path, PARAMS_FILE), **flat)
+  storage.write_json(storage.join(path, CONFIG_FILE), config)
+  storage.save_npz(storage.join(path, PARAMS_FILE), **flat)
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """(config.json, flat params) of a VAE directory, with one-line errors."""
+  fix = (
+    "create it with `python -m ilct_jax.models.convert_vae --src "
+    f"DIFFUSERS_VAE --out {path}`"
+  )
+  for name in (CONFIG_FILE, PARAMS_FILE):
+    if not storage.isfile(storage.join(path, name)):
+      raise FileNotFoundError(
+        f"no {name} in VAE checkpoint directory {path!r}; {fix}"
+      )
+  config = storage.read_json(storage.join(path, CONFIG_FILE), "VAE config", fix)
+  if not isinstance(config, dict) or config.get("format") != FORMAT:
+    found = config.get("format") if isinstance(config, dict) else config
+    raise ValueError(
+      f"{path!r} has format {found!r}, expected {FORMAT!r}; re-run "
+      "`python -m ilct_jax.models.convert_vae`."
+    )
+  flat = storage.load_npz(storage.join(path, PARAMS_FILE), "VAE weights", fix)
+  return config, flat
 
 
 def load_vae(
@@ -457,31 +478,16 @@ def load_vae(
   """Reads a directory written by `save_vae` (or `convert_vae`).
 
   Args:
-    path: local directory holding config.json and params.npz.
+    path: directory (local or gs://) holding config.json and params.npz.
     dtype: computation dtype for the returned module.
 
   Returns:
     (module, params) with params a nested dict of float32 jax arrays.
   """
-  for name in (CONFIG_FILE, PARAMS_FILE):
-    if not os.path.isfile(os.path.join(path, name)):
-      raise FileNotFoundError(
-        f"no {name} in VAE checkpoint directory {path!r}; create it with"
-        " `python -m ilct_jax.models.convert_vae --src DIFFUSERS_VAE --out"
-        f" {path}`."
-      )
-  with open(os.path.join(path, CONFIG_FILE)) as f:
-    config = json.load(f)
-  if config.get("format") != FORMAT:
-    raise ValueError(
-      f"{path!r} has format {config.get('format')!r}, expected {FORMAT!r};"
-      " re-run `python -m ilct_jax.models.convert_vae`."
-    )
+  config, flat = read_checkpoint(path)
   arch = {f: config[f] for f in ARCH_FIELDS}
   arch["block_out_channels"] = tuple(arch["block_out_channels"])
   vae = AutoencoderKL(**arch, dtype=dtype)
-  with np.load(os.path.join(path, PARAMS_FILE)) as data:
-    flat = {k: data[k] for k in data.files}
   check_param_shapes(vae, flat)
   params = traverse_util.unflatten_dict(flat, sep="/")
   return vae, jax.tree.map(jnp.asarray, params)

@@ -26,6 +26,7 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
+from ilct_jax import storage
 from ilct_jax.data import image_ops
 
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -46,8 +47,8 @@ def discover_splits(folder: str) -> dict[str, str]:
   """Split name -> folder: the split subfolders, or everything as train."""
   found = {}
   for sub, split in SPLIT_DIRS.items():
-    path = os.path.join(folder, sub)
-    if os.path.isdir(path) and split not in found:
+    path = storage.join(folder, sub)
+    if storage.isdir(path) and split not in found:
       found[split] = path
   return found or {"train": folder}
 
@@ -105,9 +106,9 @@ class ImageFolderBuilder(
     # tfds' own check on manual_dir raises a multi-line AssertionError; read
     # the configured path to raise a one-line error that says what to do.
     manual = str(getattr(dl_manager, "_manual_dir", "") or "")
-    nested = os.path.join(manual, self.SUBDIR)
-    folder = nested if os.path.isdir(nested) else manual
-    if not manual or not os.path.isdir(folder):
+    nested = storage.join(manual, self.SUBDIR) if manual else ""
+    folder = nested if manual and storage.isdir(nested) else manual
+    if not manual or not storage.isdir(folder):
       raise self._missing(nested, "missing")
     return folder
 
@@ -146,7 +147,7 @@ class ImageFolderBuilder(
     size = self.builder_config.size
     meta = self.info.metadata
     for rel in files:
-      image = image_ops.load_image(os.path.join(folder, rel))
+      image = image_ops.load_image(storage.join(folder, rel))
       if image is None:  # Header fine, pixel data broken (e.g. truncated).
         meta["corrupt"][split] += 1
         meta["corrupt_files"][split].append(rel)
