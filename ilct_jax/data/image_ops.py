@@ -50,13 +50,12 @@ def list_images(
   folder's own files (pytorch-fid's reference folders); the dataset builders
   walk every subfolder (FFHQ ships in numbered subfolders).
   """
-  top, found = storage.path(folder), []
-  for root, dirs, files in top.walk():
+  found = []
+  for rel, dirs, files in storage.walk(folder):
     dirs.sort()
-    rel = os.path.relpath(os.fspath(root), os.fspath(top))
     for name in files:
       if name.lower().endswith(extensions) and not name.startswith("."):
-        found.append(name if rel == "." else f"{rel}/{name}")
+        found.append(f"{rel}/{name}" if rel else name)
     if not recursive:
       break
   return sorted(found)
