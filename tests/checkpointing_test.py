@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ilct_jax import checkpointing, parallel, storage, train
+from ilct_jax import checkpointing, integrity, parallel, storage, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents, pipeline
 from ilct_jax.evaluation import fid
@@ -132,7 +132,7 @@ def test_non_finite_ema_is_refused_at_save_and_detected_at_restore(
   # would), with checksums that match: only the finiteness check can tell.
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
   mngr.reload()
-  meta = dict(total_steps=6, checksums=checkpointing.checksums(bad))
+  meta = dict(total_steps=6, checksums=integrity.checksums(bad))
   mngr.save(
     6,
     args=ocp.args.Composite(

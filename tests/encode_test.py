@@ -3,8 +3,6 @@
 import filecmp
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,6 +15,7 @@ from ilct_jax.data import build, encode, latents, pipeline, tfds_images
 from ilct_jax.evaluation import generate, image_io
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
+from tests.cluster import Cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES = 20  # Plus one corrupt file, skipped by the builder.
@@ -268,8 +267,8 @@ def test_config_errors_are_one_line(setup, tmp_path):
     encode.run(config, str(tmp_path))
 
 
-def _cli_encode(setup, tmp_path) -> tuple[list[str], dict]:
-  """The encode command for a config file like the fixture's, and its env."""
+def _cli_config(setup, tmp_path) -> str:
+  """A config file like the fixture's config, for the encode CLI."""
   cfg_file = tmp_path / "cfg.py"
   cfg_file.write_text(
     "from configs import tiny\n"
@@ -282,16 +281,7 @@ def _cli_encode(setup, tmp_path) -> tuple[list[str], dict]:
     f"  c.vae.path = {str(setup['root'] / 'vae')!r}\n"
     "  return c\n"
   )
-  module = "ilct_jax.data.encode"
-  out = tmp_path / "latents"
-  cmd = [
-    sys.executable,
-    "-m",
-    module,
-    f"--config={cfg_file}",
-    f"--workdir={out}",
-  ]
-  return cmd, dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  return str(cfg_file)
 
 
 def _train_sample_decode(config, tmp_path) -> None:
@@ -325,32 +315,36 @@ def _train_sample_decode(config, tmp_path) -> None:
     np.testing.assert_array_equal(np.asarray(Image.open(path)), tiles)
 
 
-def test_end_to_end_cli_encode_train_sample_decode(setup, tmp_path):
-  """Folder -> CLI encode -> stats -> 3 train steps -> samples -> PNG grid."""
-  cmd, env = _cli_encode(setup, tmp_path)
-
-  def run():
-    return subprocess.run(
-      cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-
-  proc = run()
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert f"wrote {N_IMAGES} latents" in proc.stdout
-  assert "corrupt images skipped at build: 1" in proc.stdout
-  assert "ETA" in proc.stderr  # Progress lines.
+def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
+  """Folder -> encode CLI as a 2-process JAX cluster -> stats -> 3 train
+  steps -> samples -> PNG grid."""
   out = tmp_path / "latents"
-  # Another process (1 device, default XLA flags): equal to float rounding.
-  np.testing.assert_allclose(
-    _stored(setup["config"](out)),
-    _stored(setup["config"](setup["ref"])),
-    rtol=1e-4,
-    atol=1e-5,
-  )
-  again = run()  # A finished dataset is refused with one line.
-  last = again.stderr.strip().splitlines()[-1]
-  assert again.returncode == 1
-  assert last.startswith("error: ") and "--overwrite" in last
+  args = [f"--config={_cli_config(setup, tmp_path)}", f"--workdir={out}"]
+  two = Cluster(tmp_path, "encode", processes=2, devices=1)
+  try:
+    two.start(args, ILCT_TEST_PROGRAM="encode")
+    assert two.wait() == [0, 0], two.output()
+    logs = two.output().split("== ")[1:]
+    # 4 chunks (6, 6, 6, 2 latents): each process encodes its own two.
+    assert "Process 0/2: 2 of its 2 chunks to encode (12 examples)" in logs[0]
+    assert "Process 1/2: 2 of its 2 chunks to encode (8 examples)" in logs[1]
+    # Stats and manifest once, by process 0 (which alone reports them).
+    assert f"wrote {N_IMAGES} latents" in logs[0]
+    assert "corrupt images skipped at build: 1" in logs[0]
+    assert "wrote" not in logs[1] and "ETA" in logs[0]
+    # Other processes, 1 device each: equal to float rounding.
+    np.testing.assert_allclose(
+      _stored(setup["config"](out)),
+      _stored(setup["config"](setup["ref"])),
+      rtol=1e-4,
+      atol=1e-5,
+    )
+    two.start(args, ILCT_TEST_PROGRAM="encode")  # Finished: refused.
+    assert two.wait() == [1, 1]
+    last = two.output().split("== ")[-2].strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--overwrite" in last
+  finally:
+    two.close()
   config = setup["config"](out)
   config.data.stats_path = str(out / "stats.npz")
   _train_sample_decode(config, tmp_path)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, config_checks, parallel, train
+from ilct_jax import checkpointing, config_checks, integrity, parallel, train
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import digits, pipeline
@@ -122,7 +122,7 @@ def test_save_restore_next_step_bit_identical(tiny_config, tmp_path):
     mngr, tiny_config, state_lib.create_train_state(tiny_config, mesh)
   )
   assert meta["total_steps"] == 6 and int(restored.step) == 1
-  assert meta["checksums"] == checkpointing.checksums(state)
+  assert meta["checksums"] == integrity.checksums(state)
   a, ma = fn(state, batch(1))
   b, mb = fn(restored, batch(1))
   assert float(ma["loss"]) == float(mb["loss"])

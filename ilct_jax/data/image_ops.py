@@ -20,7 +20,6 @@ Nothing here touches tfds or TensorFlow.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 from PIL import Image

@@ -402,6 +402,14 @@ def main(argv: list[str]) -> None:
   """CLI: reference statistics of the config's pixel dataset."""
   del argv
   cfg = flags.FLAGS
+  jax.config.update("jax_threefry_partitionable", True)
+  parallel.initialize_cluster(
+    cfg.distributed,
+    cfg.coordinator_address,
+    cfg.num_processes,
+    cfg.process_id,
+    cfg.local_device_ids,
+  )
   feats = dataset_reference(
     cfg.config, cfg.stats_out, cfg.features_out, cfg.num
   )
@@ -416,5 +424,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("stats_out", None, "Output .npz with mu and sigma.")
   flags.DEFINE_string("features_out", "", "Optional .npy of the features.")
   flags.DEFINE_integer("num", 0, "Use the first N examples (0: all).")
+  parallel.define_cluster_flags()
   flags.mark_flags_as_required(["config", "stats_out"])
   app.run(main)
