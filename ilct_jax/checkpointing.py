@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
-from ilct_jax import integrity, parallel, storage
+from ilct_jax import choices, integrity, parallel, storage
 from ilct_jax import state as state_lib
 
 PyTree = Any
@@ -416,8 +416,7 @@ def load_run(
   Returns:
     A Run. Nothing is initialised or compiled to build the target.
   """
-  if what not in WHAT:
-    raise ValueError(f"what={what!r} is unknown; choose one of {WHAT}")
+  choices.check("what", what, WHAT)
   config = read_config(workdir) if config is None else config
   mesh = parallel.make_mesh() if mesh is None else mesh
   abstract = state_lib.abstract_sharded_state(config, mesh)

@@ -8,7 +8,7 @@ divide over the devices or processes, an unwritable workdir.
 import jax
 import ml_collections
 
-from ilct_jax import consistency, coupling, losses, optim, storage
+from ilct_jax import choices, consistency, coupling, losses, optim, storage
 from ilct_jax.models import norms
 
 
@@ -17,16 +17,8 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   losses.validate(config.ct.loss)
   consistency.validate(config.ct)
   coupling.validate(config.coupling.method, config.coupling.scope)
-  if config.model.norm not in norms.NORMS:
-    raise ValueError(
-      f"model.norm={config.model.norm!r} is unknown; choose one of "
-      f"{', '.join(norms.NORMS)}"
-    )
-  if config.optim.name not in optim.OPTIMIZERS:
-    raise ValueError(
-      f"optim.name={config.optim.name!r} is unknown; choose one of "
-      f"{', '.join(optim.OPTIMIZERS)}"
-    )
+  choices.check("model.norm", config.model.norm, norms.NORMS)
+  choices.check("optim.name", config.optim.name, optim.OPTIMIZERS)
   if not 0.0 <= config.ct.diffusion_threshold <= 1.0:
     raise ValueError(
       f"ct.diffusion_threshold={config.ct.diffusion_threshold} must be in "

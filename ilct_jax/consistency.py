@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ilct_jax import choices
+
 WEIGHTINGS = ("ict", "karras", "uniform")
 INDEX_SAMPLERS = ("lognormal", "uniform")
 C_SCHEDULES = ("adaptive", "constant")
@@ -118,12 +120,8 @@ def sample_indices(
     probs = index_probs(sigmas, num, ct.p_mean, ct.p_std)
     logits = jnp.where(probs > 0, jnp.log(jnp.maximum(probs, 1e-38)), -jnp.inf)
     return jax.random.categorical(key, logits, shape=(batch,))
-  if ct.index_sampler == "uniform":
-    return jax.random.randint(key, (batch,), 0, num - 1)
-  raise ValueError(
-    f"ct.index_sampler={ct.index_sampler!r} is unknown; choose one of "
-    f"{', '.join(INDEX_SAMPLERS)}"
-  )
+  choices.check("ct.index_sampler", ct.index_sampler, INDEX_SAMPLERS)
+  return jax.random.randint(key, (batch,), 0, num - 1)
 
 
 def loss_weight(
@@ -134,11 +132,8 @@ def loss_weight(
     return 1.0 / (t - r)
   if name == "karras":
     return 1.0 / t**2 + 1.0 / sigma_data**2
-  if name == "uniform":
-    return jnp.ones_like(t)
-  raise ValueError(
-    f"ct.weighting={name!r} is unknown; choose one of {', '.join(WEIGHTINGS)}"
-  )
+  choices.check("ct.weighting", name, WEIGHTINGS)
+  return jnp.ones_like(t)  # uniform
 
 
 def c0(dim: int) -> float:
@@ -152,19 +147,13 @@ def robust_c(num: jax.Array, ct: ml_collections.ConfigDict, dim: int):
   `adaptive`: c0 for the first stage (N <= s0 + 1), then
   exp(-1.15 ln(N - 1) - 0.85). `constant`: (ct.c or c0) * ct.c_mult.
   """
+  choices.check("ct.c_schedule", ct.c_schedule, C_SCHEDULES)
   base = ct.c if ct.c > 0 else c0(dim)
   if ct.c_schedule == "constant":
     return jnp.asarray(base * ct.c_mult, jnp.float32)
-  if ct.c_schedule == "adaptive":
-    n = jnp.asarray(num, jnp.float32)
-    fitted = jnp.exp(C_FIT_SLOPE * jnp.log(n - 1.0) + C_FIT_INTERCEPT)
-    return jnp.where(num > ct.start_scales + 1, fitted, base).astype(
-      jnp.float32
-    )
-  raise ValueError(
-    f"ct.c_schedule={ct.c_schedule!r} is unknown; choose one of "
-    f"{', '.join(C_SCHEDULES)}"
-  )
+  n = jnp.asarray(num, jnp.float32)
+  fitted = jnp.exp(C_FIT_SLOPE * jnp.log(n - 1.0) + C_FIT_INTERCEPT)
+  return jnp.where(num > ct.start_scales + 1, fitted, base).astype(jnp.float32)
 
 
 def scalings(sigma: jax.Array, ct: ml_collections.ConfigDict):
@@ -212,16 +201,12 @@ def consistency_fn(
 
 def validate(ct: ml_collections.ConfigDict) -> None:
   """Raises a one-line ValueError for an unknown or inconsistent ct field."""
-  for field, choices in (
+  for field, names in (
     ("weighting", WEIGHTINGS),
     ("index_sampler", INDEX_SAMPLERS),
     ("c_schedule", C_SCHEDULES),
   ):
-    if ct[field] not in choices:
-      raise ValueError(
-        f"ct.{field}={ct[field]!r} is unknown; choose one of "
-        f"{', '.join(choices)}"
-      )
+    choices.check(f"ct.{field}", ct[field], names)
   if not 0 < ct.start_scales <= ct.end_scales:
     raise ValueError(
       f"ct.start_scales={ct.start_scales} and ct.end_scales={ct.end_scales}"

@@ -39,6 +39,8 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 from ott.tools import unreg
 
+from ilct_jax import choices
+
 METHODS = ("exact", "sinkhorn", "none")
 SCOPES = ("global", "shard")
 
@@ -53,15 +55,8 @@ def validate(method: str, scope: str) -> None:
     method: one of METHODS.
     scope: one of SCOPES.
   """
-  if method not in METHODS:
-    raise ValueError(
-      f"coupling.method={method!r} is unknown; choose one of "
-      f"{', '.join(METHODS)}"
-    )
-  if scope not in SCOPES:
-    raise ValueError(
-      f"coupling.scope={scope!r} is unknown; choose one of {', '.join(SCOPES)}"
-    )
+  choices.check("coupling.method", method, METHODS)
+  choices.check("coupling.scope", scope, SCOPES)
 
 
 def _check_solver_args(epsilon: float, iterations: int) -> None:

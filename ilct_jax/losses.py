@@ -9,6 +9,8 @@ is why c0 = 0.03456 and the c(N) schedule are on the scale they are.
 import jax
 import jax.numpy as jnp
 
+from ilct_jax import choices
+
 LOSSES = ("cauchy", "huber", "gm", "l2")
 
 
@@ -39,11 +41,8 @@ def robust(name: str, m: jax.Array, c: jax.Array) -> jax.Array:
   if name == "gm":
     # Geman-McClure: 2m / (m + 4c^2).
     return 2.0 * m / (m + 4.0 * c**2)
-  if name == "l2":
-    return m
-  raise ValueError(
-    f"ct.loss={name!r} is unknown; choose one of {', '.join(LOSSES)}"
-  )
+  validate(name)
+  return m  # l2
 
 
 def consistency_loss(
@@ -95,7 +94,4 @@ def diffusion_mask(
 
 def validate(name: str) -> None:
   """Raises the one-line error for an unknown loss name."""
-  if name not in LOSSES:
-    raise ValueError(
-      f"ct.loss={name!r} is unknown; choose one of {', '.join(LOSSES)}"
-    )
+  choices.check("ct.loss", name, LOSSES)

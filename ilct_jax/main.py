@@ -7,17 +7,14 @@ mode. `--mode=sample` and `--mode=eval` read the run's config.json when no
 (run the same command again), 1 error.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from ilct_jax import checkpointing, parallel, preemption, train  # noqa: E402
-from ilct_jax.evaluation import evaluate, generate  # noqa: E402
+from ilct_jax import checkpointing, parallel, preemption, reporting, train
+from ilct_jax.evaluation import evaluate, generate
 
 MODES = ("train", "sample", "eval")
 FLAGS = flags.FLAGS
@@ -51,6 +48,7 @@ def run_config():
 def main(argv):
   del argv
   jax.config.update("jax_threefry_partitionable", True)
+  reporting.quiet_tensorflow()  # Before anything imports it.
   checkpointing.quiet_orbax_logs()
   parallel.initialize_cluster(
     FLAGS.distributed,

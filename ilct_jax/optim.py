@@ -10,6 +10,8 @@ chain(add_decayed_weights(wd), radam(lr)). No warmup, no decay, no clipping
 import ml_collections
 import optax
 
+from ilct_jax import choices
+
 OPTIMIZERS = ("radam", "adam")
 
 
@@ -17,15 +19,9 @@ def create_optimizer(
   optim: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
   """Builds the optimizer named by `optim.name` with coupled L2 decay."""
-  if optim.name == "radam":
-    base = optax.radam(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  elif optim.name == "adam":
-    base = optax.adam(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-  else:
-    raise ValueError(
-      f"optim.name={optim.name!r} is unknown; choose one of "
-      f"{', '.join(OPTIMIZERS)}"
-    )
+  choices.check("optim.name", optim.name, OPTIMIZERS)
+  make = optax.radam if optim.name == "radam" else optax.adam
+  base = make(optim.lr, b1=optim.b1, b2=optim.b2, eps=optim.eps)
   if optim.weight_decay > 0:
     return optax.chain(optax.add_decayed_weights(optim.weight_decay), base)
   return base

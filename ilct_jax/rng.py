@@ -19,6 +19,8 @@ at step 1.
 
 import jax
 
+from ilct_jax import choices
+
 # Arbitrary distinct constants; never reorder or reuse one (it would change
 # every key of a stream and so the results of a seed).
 _STREAM_IDS = {
@@ -33,10 +35,7 @@ STREAMS = tuple(_STREAM_IDS)
 
 def stream(seed: int, name: str) -> jax.Array:
   """The base key of stream `name` (one of STREAMS) for `seed`."""
-  if name not in _STREAM_IDS:
-    raise ValueError(
-      f"PRNG stream {name!r} is unknown; choose one of {', '.join(STREAMS)}"
-    )
+  choices.check("PRNG stream", name, STREAMS)
   return jax.random.fold_in(jax.random.key(seed), _STREAM_IDS[name])
 
 

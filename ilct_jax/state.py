@@ -18,8 +18,8 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
+from ilct_jax import choices, parallel, rng
 from ilct_jax import optim as optim_lib
-from ilct_jax import parallel, rng
 from ilct_jax.models import unet
 
 PyTree = Any
@@ -82,15 +82,9 @@ def create_model(
 ) -> unet.DhariwalUNet:
   """The consistency network F_theta named by `config.model`."""
   m = config.model
-  if m.name != "dhariwal_unet":
-    raise ValueError(
-      f"model.name={m.name!r} is unknown; choose one of dhariwal_unet"
-    )
+  choices.check("model.name", m.name, ("dhariwal_unet",))
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if m.dtype not in dtypes:
-    raise ValueError(
-      f"model.dtype={m.dtype!r} is unknown; choose one of float32, bfloat16"
-    )
+  choices.check("model.dtype", m.dtype, tuple(dtypes))
   return unet.DhariwalUNet(
     out_channels=config.data.channels,
     model_channels=m.model_channels,

@@ -54,7 +54,15 @@ def _ct_loss(
   )
   weight = consistency.loss_weight(ct.weighting, t, r, ct.sigma_data)
   ct_loss = losses.consistency_loss(ct.loss, online, target, weight, c)
-  metrics = {"ct_loss": ct_loss}
+  # TD residual statistics for the logs (Fig. 4 of the paper compares c(N)
+  # with their scale): a few reductions of values already in hand.
+  td = jax.lax.stop_gradient(online - target)
+  metrics = {
+    "ct_loss": ct_loss,
+    "td_std": jnp.std(td),
+    "per_sample/td_rms": jnp.sqrt(losses.per_sample_mse(td, 0.0)),
+    "per_sample/sigma": t,
+  }
   total = ct_loss
   if ct.diffusion_loss:
     mask = losses.diffusion_mask(idx, num, ct.diffusion_threshold)

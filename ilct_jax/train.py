@@ -12,7 +12,6 @@ then anything that changes the workdir (config.json). A run whose last
 checkpoint is at its final step returns at once, compiling nothing.
 """
 
-import json
 import time
 from typing import Any
 
@@ -26,6 +25,7 @@ from ilct_jax import (
   config_checks,
   parallel,
   preemption,
+  reporting,
   storage,
 )
 from ilct_jax import state as state_lib
@@ -54,7 +54,12 @@ def run_meta(config: ml_collections.ConfigDict, num_examples: int) -> dict:
 
 
 def compile_step(config, mesh, state, steps: int):
-  """AOT-compiles the train step; logs compile time and memory."""
+  """AOT-compiles the train step; logs compile time and memory.
+
+  Returns:
+    The compiled step; its `stats` attribute holds compile seconds and the
+    step's memory per device (MiB) for TensorBoard.
+  """
   fn = step_lib.compile_train_step(config, mesh, steps)
   shape = (config.train.batch_size, *state_lib.example_shape(config))
   batch = jax.ShapeDtypeStruct(
@@ -62,18 +67,30 @@ def compile_step(config, mesh, state, steps: int):
   )
   t0 = time.perf_counter()
   compiled = fn.lower(state, batch).compile()
-  logging.info("Compiled train step in %.1fs", time.perf_counter() - t0)
+  stats = {"compile_seconds": time.perf_counter() - t0}
+  logging.info("Compiled train step in %.1fs", stats["compile_seconds"])
   mem = compiled.memory_analysis()
   if mem is not None:
+    args = mem.argument_size_in_bytes / 2**20
+    temps = mem.temp_size_in_bytes / 2**20
+    stats.update(step_args_mib=args, step_temps_mib=temps)
     logging.info(
-      "Step memory per device: args %.1f MiB, temps %.1f MiB",
-      mem.argument_size_in_bytes / 2**20,
-      mem.temp_size_in_bytes / 2**20,
+      "Step memory per device: args %.1f MiB, temps %.1f MiB", args, temps
     )
-  return compiled
+  return _Compiled(compiled, stats)
 
 
-def write_samples(config, state, writer, workdir: str, step: int) -> None:
+class _Compiled:
+  """A compiled step with the figures of its compilation."""
+
+  def __init__(self, compiled, stats: dict[str, float]):
+    self.compiled, self.stats = compiled, stats
+
+  def __call__(self, state, batch):
+    return self.compiled(state, batch)
+
+
+def write_samples(config, state, writers, workdir: str, step: int) -> None:
   """1-step and 2-step sample grids to TensorBoard and workdir/samples."""
   params = state.ema(config.sample.ema_decay)
   samples = generate.sample_images(config, params, config.sample.num)
@@ -81,29 +98,15 @@ def write_samples(config, state, writer, workdir: str, step: int) -> None:
     if images is None:
       continue
     grid = image_io.make_grid(images)
-    writer.write_images(step, {f"samples/{name}": grid[None]})
+    writers.all.write_images(step, {f"samples/{name}": grid[None]})
     if jax.process_index() == 0:
       path = storage.join(workdir, "samples", f"{name}_{step:08d}.png")
       generate.write_grid(path, images)
 
 
-def _log(writer, step: int, history: list[Metrics], t0: float) -> dict:
-  """Averages the buffered metrics, writes them, returns the last values."""
-  fetched = jax.device_get(history)
-  scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  scalars["nonfinite"] = float(fetched[-1]["nonfinite"])
-  scalars["steps_per_sec"] = len(history) / max(time.perf_counter() - t0, 1e-9)
-  writer.write_scalars(step, scalars)
-  return scalars
-
-
-def create_writer(workdir: str):
-  """clu's TensorBoard + console writer (process 0 writes event files)."""
-  from clu import metric_writers  # Lazy: imports TensorFlow.
-
-  return metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
+def create_writer(workdir: str) -> reporting.Writers:
+  """The run's writers (event files in `workdir`, process 0)."""
+  return reporting.Writers(workdir)
 
 
 def _resume(config, mesh, mngr, meta):
@@ -173,11 +176,15 @@ def train_and_evaluate(
   checkpointing.write_config(config, workdir)  # Only after the checks.
   if state is None:
     state = state_lib.create_train_state(config, mesh)
-  writer = create_writer(workdir)
+  writers = create_writer(workdir)
   if start == 0:
-    writer.write_hparams(_flat_hparams(config))
+    writers.hparams(config)
+    if jax.process_index() == 0:
+      overview = reporting.parameter_overview(jax.device_get(state.params))
+      logging.info("Parameters:\n%s", overview)
   train_fn = compile_step(config, mesh, state, steps)
-  run = _Run(config, workdir, mngr, meta, writer, train_fn)
+  writers.all.write_scalars(start, getattr(train_fn, "stats", {}))
+  run = _Run(config, workdir, mngr, meta, writers, train_fn)
   batches = pipeline.create_iterator(config, mesh, start_step=start)
   watcher = preemption.Watcher()
   try:
@@ -189,46 +196,51 @@ def train_and_evaluate(
   final = int(jax.device_get(state.step))
   checkpointing.save(mngr, state, meta, step=final, force=True)
   mngr.close()  # Waits for the save, then releases orbax's threads.
-  writer.flush()
+  if not stopped and config.train.sample_every:
+    if steps % config.train.sample_every:
+      write_samples(config, state, writers, workdir, steps)
+  writers.close()
   if stopped:
     raise preemption.Preempted(final)
-  if config.train.sample_every and steps % config.train.sample_every:
-    write_samples(config, state, writer, workdir, steps)
-    writer.flush()
   return state
 
 
 class _Run:
   """The step loop with its periodic actions (log, samples, checkpoints)."""
 
-  def __init__(self, config, workdir, mngr, meta, writer, train_fn):
-    from clu import periodic_actions  # Lazy: imports TF.
-
+  def __init__(self, config, workdir, mngr, meta, writers, train_fn):
     self.config, self.workdir, self.mngr = config, workdir, mngr
-    self.meta, self.writer, self.train_fn = meta, writer, train_fn
+    self.meta, self.writers, self.train_fn = meta, writers, train_fn
     self.steps = meta["total_steps"]
-    self.progress = periodic_actions.ReportProgress(
-      num_train_steps=self.steps, writer=writer
+    self.progress = reporting.make_progress(
+      self.steps, config.train.batch_size, writers
     )
+    self.profiler = reporting.make_profiler(config.train, workdir)
 
   def loop(self, state, batches, start: int, stop) -> tuple[Any, bool]:
     """Runs steps start..total; returns (state, stopped early)."""
-    cfg = self.config.train
-    history, t_log = [], time.perf_counter()
+    cfg, timed = self.config.train, self.progress.timed
+    history = []
     for step in range(start, self.steps):
       state, metrics = self.train_fn(state, next(batches))
       history.append(metrics)
       done = step + 1
       self.progress(done)
+      if self.profiler is not None:
+        self.profiler(done)
       if done % cfg.log_every == 0 or done == self.steps:
-        scalars = _log(self.writer, done, history, t_log)
-        history, t_log = [], time.perf_counter()
+        scalars = reporting.write_window(self.writers, done, history)
+        history = []
         self._check_nonfinite(scalars)
       if cfg.sample_every and done % cfg.sample_every == 0:
-        write_samples(self.config, state, self.writer, self.workdir, done)
+        with timed("samples"):
+          write_samples(self.config, state, self.writers, self.workdir, done)
       if cfg.eval_every and done % cfg.eval_every == 0:
-        evaluate.train_time_fid(self.config, state, done, self.writer)
-      checkpointing.save(self.mngr, state, self.meta, step=done)
+        with timed("fid"):
+          evaluate.train_time_fid(self.config, state, done, self.writers.all)
+      if self.mngr.should_save(done):
+        with timed("checkpoints"):
+          checkpointing.save(self.mngr, state, self.meta, step=done)
       if done < self.steps and stop(done):
         logging.warning("Stopping at step %d: saving a checkpoint", done)
         return state, True
@@ -242,21 +254,3 @@ class _Run:
         f"train.max_nonfinite={limit}); lower optim.lr or check the data; "
         f"the last checkpoint is step {self.mngr.latest_step()}"
       )
-
-
-def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Config flattened to scalar hparams for TensorBoard."""
-  out = {}
-
-  def walk(prefix: str, node: Any) -> None:
-    for k, v in node.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, ml_collections.ConfigDict):
-        walk(key + ".", v)
-      elif isinstance(v, (int, float, str, bool)):
-        out[key] = v
-      else:
-        out[key] = json.dumps(list(v)) if isinstance(v, tuple) else str(v)
-
-  walk("", config)
-  return out

@@ -115,7 +115,7 @@ def test_normalize_then_inverse_returns_the_stored_latents(setup):
   rows = np.arange(N_IMAGES)
   x0 = array[rows]
   mean, std = latents.load_stats(latents.stats_path(config), (8, 8, 4))
-  back = latents.to_stored(x0, mean, std)
+  back = latents.to_stored(x0, mean, std, 0.5)
   np.testing.assert_allclose(back, array.stored(rows), rtol=2e-6, atol=2e-7)
   # Per element the normalized set has mean 0 and std sigma_data = 0.5.
   np.testing.assert_allclose(x0.mean(0), 0.0, atol=1e-5)

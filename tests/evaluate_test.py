@@ -1,4 +1,4 @@
-"""Tests of ilct_jax/evaluate.py: eval mode end to end on the tiny config.
+"""Evaluation end to end on the tiny config (evaluate.py, samples.py).
 
 A random InceptionV3 is saved in the converter's format and the reference is
 the first 64 digits through the eval path. pytorch-fid resizes to 299; here
@@ -9,6 +9,7 @@ network without its own resize, which is what `resize_input=True` does);
 """
 
 import glob
+import io
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from PIL import Image
 from ilct_jax import checkpointing, parallel, rng, sampling, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
-from ilct_jax.evaluation import evaluate, features, fid, image_io
+from ilct_jax.evaluation import evaluate, features, fid, image_io, samples
 from ilct_jax.models import convert_inception, inception
 
 NUM_REF = 64
@@ -47,13 +48,6 @@ def _untrained_state(config):
     params=params, ema_params=tuple(params for _ in abstract.ema_params)
   )
   return state  # Host arrays: saving them skips an 8-device compile.
-
-
-def _real_batches(config, mesh):
-  """x0_batch(i) over the digits, sharded on "data" as generated samples."""
-  data = digits.load_digits(config.data.image_size)
-  bs, sharding = config.eval.batch_size, NamedSharding(mesh, P("data"))
-  return lambda i: jax.device_put(data[i * bs : (i + 1) * bs], sharding)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +78,17 @@ def env(tmp_path_factory):
   checkpointing.save(mngr, state, meta, step=5, force=True)
   mngr.wait_until_finished()
   state = jax.device_put(state, NamedSharding(mesh, P()))  # As in training.
-  real = evaluate.image_features(config, _real_batches(config, mesh), NUM_REF)
+  data = digits.load_digits(config.data.image_size)
+  real = samples.data_features(config, data[:NUM_REF])
   return types.SimpleNamespace(
-    config=config, workdir=workdir, state=state, mesh=mesh,
-    ref_feats=ref_feats, real_feats=real,
-  )  # fmt: skip
+    config=config,
+    workdir=workdir,
+    state=state,
+    mesh=mesh,
+    ref_feats=ref_feats,
+    real_feats=real,
+    data=data,
+  )
 
 
 def test_real_vs_real_fid_is_zero_and_matches_host_path(env):
@@ -107,16 +107,15 @@ def test_real_vs_real_fid_is_zero_and_matches_host_path(env):
   assert m["precision"] == 1.0 and m["recall"] == 1.0
 
 
-def test_eval_mode_end_to_end_png(env):
+def test_eval_mode_end_to_end_png_fused(env):
   config = env.config.copy_and_resolve_references()
-  config.eval.save_images = "png"
+  config.eval.save_images = True  # png protocol: one fused program a batch.
   record = evaluate.run(config, env.workdir)
   with open(os.path.join(env.workdir, "eval", "metrics_5.json")) as f:
     assert json.load(f) == json.loads(json.dumps(record))
   assert record["step"] == 5 and record["ema_decay"] == 0.9
   real_fid = evaluate.metrics_from_features(config, env.real_feats)["fid"]
-  real = _real_batches(config, env.mesh)
-  held_out = evaluate.image_features(config, lambda i: real(i + 2), 32)
+  held_out = samples.data_features(config, env.data[64:96])
   held_out_fid = evaluate.metrics_from_features(config, held_out)["fid"]
   assert abs(real_fid) < 1e-3 < held_out_fid  # Other digits: FID > 0.
   for name, nfe in (("onestep", 1), ("twostep", 2)):
@@ -131,6 +130,12 @@ def test_eval_mode_end_to_end_png(env):
   assert _tensorboard_scalars(env.workdir)[(5, "eval/fid_twostep")] == (
     pytest.approx(record["samplers"]["twostep"]["fid"], rel=1e-6)
   )
+  # The fused program's features are those of the saved (lossless) images.
+  pngs = sorted(glob.glob(os.path.join(env.workdir, "eval/5/onestep/*")))
+  saved = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
+  f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
+  feats = samples.sample_features(config, env.state.ema(0.9), "onestep", 64)
+  np.testing.assert_allclose(feats, f(saved), rtol=1e-4, atol=1e-4)
 
 
 def _tensorboard_scalars(workdir):
@@ -144,13 +149,13 @@ def _tensorboard_scalars(workdir):
   return out
 
 
-def test_jpeg_protocol_uneven_batches(env):
+def test_paper_protocol_jpeg_uneven_batches(env):
   config = env.config.copy_and_resolve_references()
-  config.eval.save_images, config.eval.num_samples = "jpeg", 40
+  config.eval.protocol, config.eval.num_samples = "paper", 40
   config.eval.samplers = ("onestep",)
   params = env.state.ema(0.9)
   save_dir = os.path.join(env.workdir, "jpeg")
-  feats = evaluate.sample_features(config, params, "onestep", 40, save_dir)
+  feats = samples.sample_features(config, params, "onestep", 40, save_dir)
   jpgs = sorted(glob.glob(os.path.join(save_dir, "*")))
   assert len(jpgs) == 40 and jpgs[-1].endswith("000039.jpg")
   assert feats.shape == (40, 2048)
@@ -163,18 +168,36 @@ def test_jpeg_protocol_uneven_batches(env):
   # FID saw the JPEG pixels, not the generated uint8 ones ...
   f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
   np.testing.assert_allclose(feats[:32], f(jpeg), rtol=1e-5, atol=1e-5)
-  # ... which JPEG changed a little (same seed: the same samples).
-  diff = np.abs(jpeg.astype(int) - _onestep_uint8(config, params)).mean()
+  # ... which JPEG changed a little from the truncated uint8 samples (the
+  # same seed: the same samples), made here on the host.
+  u8 = _onestep_uint8(config, params, "truncate")
+  diff = np.abs(jpeg.astype(int) - u8).mean()
   assert 0 < diff < 20
+  for i in (0, 17):  # Each file is PIL's default JPEG of those pixels.
+    with open(jpgs[i], "rb") as f:
+      assert f.read() == _pil_jpeg(u8[i].astype(np.uint8))
 
 
-def _onestep_uint8(config, params):
+def _pil_jpeg(image) -> bytes:
+  """The authors' save: Image.fromarray(x).save(path) (PIL's defaults)."""
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format="JPEG")
+  return buf.getvalue()
+
+
+def _onestep_uint8(config, params, rounding):
   """The first generated batch, quantized on the host."""
   sigmas = sampling.samplers(config)["onestep"]
-  gen = evaluate._generator(config, sigmas, evaluate._mesh())
+  mesh = parallel.make_mesh()
+  shape = (config.eval.batch_size, *state_lib.example_shape(config))
+  gen = sampling.make_sampler(
+    state_lib.create_model(config), config.ct, shape, sigmas
+  )
   key = jax.random.fold_in(rng.stream(config.eval.seed, "eval"), 0)
   x = gen(params, jax.random.fold_in(key, 0))
-  return np.repeat(np.asarray(image_io.to_uint8(x)), 3, axis=-1).astype(int)
+  del mesh
+  u8 = np.asarray(image_io.to_uint8(x, rounding))
+  return np.repeat(u8, 3, axis=-1).astype(int)
 
 
 def test_train_time_fid_logs_and_reuses_compiled_functions(env):
@@ -189,15 +212,18 @@ def test_train_time_fid_logs_and_reuses_compiled_functions(env):
   first = evaluate.train_time_fid(env.config, env.state, 7, writer)
   misses = (
     features.load_feature_fn.cache_info().misses,
-    sampling._compiled_sampler.cache_info().misses,
+    samples._program.cache_info().misses,
   )
   second = evaluate.train_time_fid(env.config, env.state, 8, writer)
   assert misses == (
     features.load_feature_fn.cache_info().misses,
-    sampling._compiled_sampler.cache_info().misses,
+    samples._program.cache_info().misses,
   )
-  keys = {f"train_eval/{m}_{s}" for m in ("fid", "precision", "recall")
-          for s in ("onestep", "twostep")}  # fmt: skip
+  keys = {
+    f"train_eval/{m}_{s}"
+    for m in ("fid", "precision", "recall")
+    for s in ("onestep", "twostep")
+  }
   assert set(first) == keys and all(math.isfinite(v) for v in first.values())
   assert first == second  # Fixed seed: the same samples each time.
   assert [c[0] for c in writer.calls] == [7, 8]
@@ -222,7 +248,7 @@ def test_missing_files_and_bad_config_fail_clearly(env, tmp_path):
   cases = [
     ("inception_path", str(tmp_path / "x.npz"), "convert_inception --pth"),
     ("ref_features", str(tmp_path / "f.npy"), "ref_features=.*--features_out"),
-    ("save_images", "gif", "choose '', png or jpeg"),
+    ("protocol", "jpeg", "eval.protocol='jpeg' is unknown; choose one of"),
     ("batch_size", 12, "does not divide over 8 devices"),
     ("samplers", ("threestep",), "must be in"),
     ("ema_decay", 0.5, "0.5 is not tracked"),
@@ -255,9 +281,7 @@ def test_frechet_low_rank_route_matches_closed_form():
     w, v = np.linalg.eigh(sigma_ref)
     root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     inner = np.clip(np.linalg.eigvalsh(root @ sigma @ root), 0, None)
-    want = (
-      np.sum((mu - mu_ref) ** 2) + np.trace(sigma) + np.trace(sigma_ref)
-      - 2 * np.sum(np.sqrt(inner))
-    )  # fmt: skip
+    want = np.sum((mu - mu_ref) ** 2) + np.trace(sigma) + np.trace(sigma_ref)
+    want -= 2 * np.sum(np.sqrt(inner))
     got = fid.frechet_to(x, mu_ref, sigma_ref)
     assert got == pytest.approx(want, rel=1e-6)

@@ -12,7 +12,7 @@ def test_normalize_formula_inverse_and_std():
   std = rng.uniform(2, 7, (4, 4, 2)).astype(np.float32)
   unscaled = mean + std * rng.normal(size=(20000, 4, 4, 2)).astype(np.float32)
   stored = unscaled * latents.SCALING_FACTOR  # posterior.sample() * 0.18215
-  x0 = latents.normalize(stored, mean, std)
+  x0 = latents.normalize(stored, mean, std, 0.5)
   np.testing.assert_allclose(
     x0, 0.5 * (stored / 0.18215 - mean) / std, rtol=1e-6
   )
@@ -21,10 +21,10 @@ def test_normalize_formula_inverse_and_std():
   np.testing.assert_allclose(x0.mean(axis=0), 0.0, atol=0.02)
   # The decoder input is the UNSCALED latent (no second / 0.18215).
   np.testing.assert_allclose(
-    latents.denormalize(x0, mean, std), unscaled, rtol=1e-5, atol=1e-5
+    latents.denormalize(x0, mean, std, 0.5), unscaled, rtol=1e-5, atol=1e-5
   )
   np.testing.assert_allclose(
-    latents.to_stored(x0, mean, std), stored, rtol=1e-5, atol=1e-6
+    latents.to_stored(x0, mean, std, 0.5), stored, rtol=1e-5, atol=1e-6
   )
 
 

@@ -55,7 +55,7 @@ def latent_config(tiny_config, tmp_path):
 
 def _normalized(config, stored) -> np.ndarray:
   mean, std = latents.load_stats(latents.stats_path(config), SHAPE)
-  return latents.normalize(stored, mean, std).astype(np.float32)
+  return latents.normalize(stored, mean, std, 0.5).astype(np.float32)
 
 
 def test_latent_batches_are_a_pure_function_of_seed_and_step(latent_config):

@@ -45,34 +45,29 @@ from ilct_jax import storage
 from ilct_jax.models import vae as vae_lib
 from ilct_jax.models.autoencoder import SCALING_FACTOR
 
-TARGET_STD = 0.5  # sigma_data: normalized latents have per-element std 0.5.
-
-
 FORMAT = "ilct_jax.latents/1"
-
-
 MANIFEST = "manifest.json"
-
-
 PLAN = "plan.json"
-
-
 STATS = "stats.npz"
 
 
-def normalize(stored, mean, std):
-  """Stored (scaled) latents -> training data x0 with std 0.5 per element."""
-  return TARGET_STD * (stored / SCALING_FACTOR - mean) / std
+def normalize(stored, mean, std, sigma_data: float):
+  """Stored (scaled) latents -> x0 with per-element std sigma_data (0.5).
+
+  The target std is the consistency parametrization's sigma_data
+  (`ct.sigma_data`, ALGORITHM.md §1, §10), so the two cannot disagree.
+  """
+  return sigma_data * (stored / SCALING_FACTOR - mean) / std
 
 
-def denormalize(x0, mean, std):
+def denormalize(x0, mean, std, sigma_data: float):
   """Training-space x0 -> the unscaled latent z that the VAE decoder takes."""
-  return x0 * std / TARGET_STD + mean
+  return x0 * std / sigma_data + mean
 
 
-def to_stored(x0, mean, std):
+def to_stored(x0, mean, std, sigma_data: float):
   """Training-space x0 -> stored (scaled) latents; inverse of normalize."""
-  return denormalize(x0, mean, std) * SCALING_FACTOR
+  return denormalize(x0, mean, std, sigma_data) * SCALING_FACTOR
 
 
 def compute_stats(unscaled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -276,11 +271,11 @@ class LatentArray:
   float32 x0 = 0.5 * (stored / 0.18215 - mean) / std (`normalize`).
   """
 
-  def __init__(self, files: list[str], shape, mean, std):
+  def __init__(self, files: list[str], shape, mean, std, sigma_data: float):
     self._records = _Records(files)
     self.example_shape = tuple(shape)
     self.shape = (len(self._records), *self.example_shape)
-    self._mean, self._std = mean, std
+    self._mean, self._std, self._sigma_data = mean, std, sigma_data
     self._bytes = int(np.prod(self.example_shape)) * 4
 
   def __len__(self) -> int:
@@ -303,7 +298,7 @@ class LatentArray:
     return flat.reshape(len(keys), *self.example_shape)
 
   def __getitem__(self, indices) -> np.ndarray:
-    x = normalize(self.stored(indices), self._mean, self._std)
+    x = normalize(self.stored(indices), self._mean, self._std, self._sigma_data)
     return x.astype(np.float32, copy=False)
 
 
@@ -328,7 +323,7 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
     )
   files = [storage.local_copy(f) for f in files]
   mean, std = load_stats(stats_path(config), shape)
-  array = LatentArray(files, shape, mean, std)
+  array = LatentArray(files, shape, mean, std, config.ct.sigma_data)
   if len(array) != manifest["num_examples"]:
     raise ValueError(
       f"{d.latent_dir} holds {len(array)} latents but its manifest says "

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ilct_jax import choices
 from ilct_jax.data import digits, latents, tfds_images
 
 SOURCES = ("digits", "latents", "images")
@@ -72,21 +73,18 @@ class ArraySource:
 def _source(config: ml_collections.ConfigDict) -> ArraySource:
   """The configured source as an ArraySource over a random-access array."""
   d = config.data
+  choices.check("data.source", d.source, SOURCES)
   if d.source == "digits":
     array = digits.load_digits(d.image_size)
   elif d.source == "latents":
     array = latents.open_latents(config)
-  elif d.source == "images":
+  else:
     if d.channels != 3:
       raise ValueError(
         f"data.source='images' gives RGB examples but data.channels="
         f"{d.channels}; set data.channels=3"
       )
     array = tfds_images.make_array(config, d.image_size)
-  else:
-    raise ValueError(
-      f"data.source={d.source!r} is unknown; choose one of {', '.join(SOURCES)}"
-    )
   src = ArraySource(array, config.train.batch_size, config.seed)
   expected = (d.image_size, d.image_size, d.channels)
   if tuple(src.example_shape) != expected:

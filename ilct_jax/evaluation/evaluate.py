@@ -1,39 +1,38 @@
-"""Sample quality of a train state: FID, precision and recall (--mode=eval).
+"""Sample quality of a checkpoint: FID, precision and recall (--mode=eval).
 
-The paper's protocol (ALGORITHM.md 14-15): N samples per sampler from one
-EMA, decoded to [-1, 1], quantized as clamp((x + 1) / 2, 0, 1) * 255,
-optionally saved as JPEG (quality 75) and read back, InceptionV3 pool3
-features (pytorch-fid), FID against reference statistics, and k = 3
-precision/recall against reference features when given. Each batch is
-generated as one global array sharded on "data" (all devices and hosts);
-each process saves and featurizes its own rows on its local devices and the
-features are gathered. Samples depend on (eval.seed, sampler, batch) only.
-Output: workdir/eval/metrics_<step>.json and TensorBoard `eval/fid_<sampler>`
-(and precision/recall); `train_time_fid` logs `train_eval/...`. Reference of
-digits: python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
-(docs/EVAL.md).
+The protocol (ALGORITHM.md §14, §15; docs/EVAL.md): `eval.num_samples`
+samples per sampler from one EMA (seed `eval.seed`), decoded and quantized
+as `eval.protocol` says (`paper`: truncation and JPEG-75, as the authors
+measured; `png`: rounding, lossless), InceptionV3 pool3 features
+(pytorch-fid's network and input path; evaluation/samples.py), FID against
+reference statistics and k = 3 precision/recall against reference
+features. Output: WORKDIR/eval/metrics_<step>.json and TensorBoard
+`eval/fid_<sampler>` (and precision/recall); during training
+`train_time_fid` logs `train_eval/...`. The reference of the pixel demo:
+python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
 """
 
-import concurrent.futures
 import functools
 import io
-import os
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags, logging
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from ilct_jax import checkpointing, parallel, rng, sampling, storage
+from ilct_jax import (
+  checkpointing,
+  choices,
+  parallel,
+  reporting,
+  sampling,
+  storage,
+)
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
-from ilct_jax.evaluation import features, fid, generate, image_io
+from ilct_jax.evaluation import fid, image_io, samples
 from ilct_jax.models import inception
 
 PyTree = Any
@@ -92,10 +91,7 @@ def check_eval_config(config: Config) -> None:
   evaluation; eval mode calls it before restoring.
   """
   ev, n = config.eval, jax.device_count()
-  if ev.save_images not in image_io.SAVE_FORMATS:
-    raise ValueError(
-      f"eval.save_images={ev.save_images!r} is unknown; choose '', png or jpeg"
-    )
+  choices.check("eval.protocol", ev.protocol, tuple(image_io.PROTOCOLS))
   known = tuple(sampling.samplers(config))
   if not ev.samplers or any(s not in known for s in ev.samplers):
     raise ValueError(f"eval.samplers={tuple(ev.samplers)} must be in {known}")
@@ -138,129 +134,6 @@ def _reference(stats: str, features: str) -> tuple[Any, Any, Any]:
   return *fid.load_stats(stats), feats
 
 
-@functools.lru_cache(maxsize=1)
-def _mesh() -> Mesh:
-  return parallel.make_mesh()
-
-
-def _generator(config: Config, sigmas: tuple[float, ...], mesh: Mesh):
-  """jit(params, key) -> eval.batch_size samples sharded on "data"."""
-  return sampling.make_sampler(
-    state_lib.create_model(config),
-    config.ct,
-    (config.eval.batch_size, *state_lib.example_shape(config)),
-    sigmas,
-    parallel.batch_sharding(mesh),
-  )
-
-
-@functools.lru_cache(maxsize=8)
-def _quantizer(sharding: NamedSharding) -> Callable[[jax.Array], jax.Array]:
-  """jit([-1, 1] images) -> uint8 RGB, keeping the batch sharding."""
-
-  def quantize(images: jax.Array) -> jax.Array:
-    return image_io.to_rgb(image_io.to_uint8(images), jnp)
-
-  return jax.jit(quantize, out_shardings=sharding)
-
-
-def _save_rows(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
-  """Saves rows[keep] as <index>.<ext>; returns the pixels FID must see."""
-
-  def save(i: int) -> np.ndarray:
-    data, ext = image_io.encode(rows[i], fmt)
-    storage.write_bytes(storage.join(save_dir, f"{index[i]:06d}.{ext}"), data)
-    # PNG is lossless; a JPEG is read back: FID sees what was saved.
-    return rows[i] if fmt == "png" else image_io.decode(data)
-
-  out = rows.copy()
-  out[keep] = list(pool.map(save, keep))
-  return out
-
-
-def _local_batches(
-  config: Config,
-  x0_batch: Callable[[int], jax.Array],
-  num: int,
-  save_dir: str | None,
-  index: list[np.ndarray],
-) -> Iterator[np.ndarray]:
-  """Yields this process's uint8 rows batch by batch (appending indices)."""
-  ev, decode = config.eval, generate.image_decoder(config)
-  if decode is None:
-    raise ValueError("cannot decode samples: set vae.path (convert_vae.py)")
-  fmt = ev.save_images if save_dir else ""
-  if fmt:
-    storage.makedirs(save_dir)
-
-  def images(i: int) -> jax.Array:
-    x = decode(x0_batch(i))
-    return _quantizer(x.sharding)(x)
-
-  batches = -(-num // ev.batch_size)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    ahead = images(0)
-    for i in range(batches):  # Dispatch i + 1 before the host works on i.
-      current, ahead = ahead, images(i + 1) if i + 1 < batches else None
-      rows, local = parallel.local_rows(current)
-      local = local + i * ev.batch_size
-      index.append(local)
-      if fmt:  # Rows past num only pad the last batch: not saved.
-        keep = np.flatnonzero(local < num)
-        rows = _save_rows(rows, local, keep, save_dir, fmt, pool)
-      yield rows
-
-
-def image_features(
-  config: Config,
-  x0_batch: Callable[[int], jax.Array],
-  num: int,
-  save_dir: str | None = None,
-) -> np.ndarray:
-  """[num, 2048] Inception features (row i = sample i, on every process).
-
-  Batch i = x0_batch(i), [eval.batch_size, H, W, C] in data space sharded on
-  "data" (rows past `num` are dropped), is decoded, quantized to uint8 RGB on
-  the devices, split into this process's rows, saved under `save_dir` if
-  given (eval.save_images; FID sees the JPEG-decoded pixels) and featurized
-  locally, with progress and ETA.
-  """
-  ev, index = config.eval, []
-  f = features.load_feature_fn(ev.inception_path, ev.inception_size)
-  local_bs = ev.batch_size // jax.process_count()
-  batches = _local_batches(config, x0_batch, num, save_dir, index)
-  total = -(-num // ev.batch_size) * local_bs
-  quiet = jax.process_index() > 0
-  feats = features.extract_features(
-    batches, f, local_bs, total, None if quiet else 30.0
-  )
-  index = np.concatenate(index)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    feats, index = multihost_utils.process_allgather((feats, index), tiled=True)
-  order = np.argsort(index, kind="stable")
-  return feats[order[index[order] < num]]
-
-
-def sample_features(
-  config: Config, params: PyTree, sampler: str, num: int, save_dir: Any = None
-) -> np.ndarray:
-  """image_features of `num` samples of the named sampler.
-
-  Batch i uses the key fold_in(fold_in(eval stream of eval.seed, sampler
-  id), i) (rng.py), so
-  the samples do not depend on the device or process count.
-  """
-  samplers = sampling.samplers(config)
-  gen = _generator(config, samplers[sampler], _mesh())
-  key = jax.random.fold_in(
-    rng.stream(config.eval.seed, "eval"), list(samplers).index(sampler)
-  )
-  x0 = lambda i: gen(params, jax.random.fold_in(key, i))
-  return image_features(config, x0, num, save_dir)
-
-
 def metrics_from_features(config: Config, feats: Any) -> dict[str, float]:
   """FID vs eval.ref_stats; precision/recall (k=3) vs eval.ref_features."""
   ev = config.eval
@@ -284,7 +157,7 @@ def evaluate_params(
     start, sigmas = time.perf_counter(), sampling.samplers(config)[name]
     logging.info("FID of %s: %d samples, sigmas %s", name, num, sigmas)
     save_dir = storage.join(save_root, name) if save_root else None
-    feats = sample_features(config, params, name, num, save_dir)
+    feats = samples.sample_features(config, params, name, num, save_dir)
     results[name] = metrics_from_features(config, feats)
     results[name].update(
       sigmas=list(sigmas),
@@ -311,7 +184,7 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
   record written to workdir/eval/metrics_<step>.json.
   """
   check_eval_config(config)
-  ev, mesh = config.eval, _mesh()
+  ev, mesh = config.eval, parallel.make_mesh()
   if ev.inception_size != inception.FID_SIZE:
     logging.warning("eval.inception_size != 299: FID not comparable to papers")
   step = None if ev.step < 0 else ev.step
@@ -331,7 +204,8 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
     ema_decay=ema_decay(config),
     num_samples=ev.num_samples,
     seed=ev.seed,
-    images=ev.save_images or "uint8",
+    protocol=ev.protocol,
+    saved_images=bool(ev.save_images),
     ref_stats=ev.ref_stats,
     ref_features=ev.ref_features,
     inception_size=ev.inception_size,
@@ -341,13 +215,9 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
     path = storage.join(out_dir, f"metrics_{step}.json")
     storage.write_json(path, record, sort_keys=False)
     logging.info("Wrote %s", path)
-  from clu import metric_writers  # Lazy: imports TensorFlow.
-
-  writer = metric_writers.create_default_writer(
-    workdir, just_logging=jax.process_index() > 0
-  )
-  writer.write_scalars(step, _scalars("eval", record["samplers"]))
-  writer.close()
+  writers = reporting.Writers(workdir)
+  writers.all.write_scalars(step, _scalars("eval", record["samplers"]))
+  writers.close()
   return record
 
 
@@ -385,13 +255,10 @@ def dataset_reference(
       f"the reference with {_reference_command(config, stats_out)}"
     )
   data = digits.load_digits(config.data.image_size)
-  num, bs = num or data.shape[0], config.eval.batch_size
+  num = num or data.shape[0]
   if not 2 <= num <= data.shape[0]:
     raise ValueError(f"num={num} must be in [2, {data.shape[0]}] (digits)")
-  data = np.concatenate([data, data[: -data.shape[0] % bs]])  # Full batches.
-  sharding = NamedSharding(_mesh(), P("data"))
-  x0 = lambda i: jax.device_put(data[i * bs : (i + 1) * bs], sharding)
-  feats = image_features(config, x0, num)
+  feats = samples.data_features(config, data[:num])
   fid.save_stats(stats_out, *fid.stats_from_features(feats))
   if features_out:
     storage.save_npy(features_out, feats)

@@ -45,6 +45,23 @@ def _check_images(images: Any) -> None:
     )
 
 
+def pool3(
+  module: inception.InceptionV3,
+  variables: PyTree,
+  images: jax.Array,
+  size: int = inception.FID_SIZE,
+) -> jax.Array:
+  """uint8 [b, H, W, 3] -> pool3 [b, 2048] (pure: usable inside any jit).
+
+  pytorch-fid's input path: /255 (`ToTensor`), bilinear resize to `size`
+  without antialiasing (identity when already that size), then the module
+  maps [0, 1] to [-1, 1].
+  """
+  x = images.astype(jnp.float32) / 255.0
+  x = inception.resize_bilinear(x, size)
+  return module.clone(resize_input=False).apply(variables, x)["pool3"]
+
+
 def feature_fn(
   module: inception.InceptionV3,
   variables: PyTree,
@@ -65,18 +82,13 @@ def feature_fn(
   Returns:
     The feature function.
   """
-  module = module.clone(resize_input=False)
   mesh = parallel.host_mesh(one_cpu_device=True)
   rows, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   variables = jax.device_put(variables, replicated)
-
-  def features(v: PyTree, images: jax.Array) -> jax.Array:
-    x = images.astype(jnp.float32) / 255.0  # pytorch-fid's ToTensor.
-    x = inception.resize_bilinear(x, size)  # Identity at `size`.
-    return module.apply(v, x)["pool3"]
-
   jitted = jax.jit(
-    features, in_shardings=(replicated, rows), out_shardings=rows
+    lambda v, images: pool3(module, v, images, size),
+    in_shardings=(replicated, rows),
+    out_shardings=rows,
   )
 
   def f(images: Any) -> jax.Array:

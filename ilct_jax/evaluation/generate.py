@@ -24,29 +24,60 @@ from ilct_jax.models import vae as vae_lib
 PyTree = Any
 
 
+Decode = Callable[[Any, jax.Array], jax.Array]
+
+
 @functools.lru_cache(maxsize=4)
-def _decoder(vae_path: str, stats_path: str, shape: tuple[int, ...]):
+def _latent_decoder(
+  vae_path: str, stats_path: str, shape: tuple[int, ...], sigma_data: float
+) -> tuple[Decode, Any]:
   module, params = vae_lib.load_vae(vae_path)
   mean, std = latents.as_jnp(*latents.load_stats(stats_path, shape))
 
-  @jax.jit
-  def decode(x0):
-    stored = latents.to_stored(x0, mean, std)
-    return autoencoder.decode_pure(module, params, stored)
+  def decode(aux: Any, x0: jax.Array) -> jax.Array:
+    vae_params, m, s = aux
+    stored = latents.to_stored(x0, m, s, sigma_data)
+    return autoencoder.decode_pure(module, vae_params, stored)
 
-  return decode
+  return decode, (params, mean, std)
+
+
+def _identity(aux: Any, x0: jax.Array) -> jax.Array:
+  del aux
+  return x0
+
+
+def decoder(config: ml_collections.ConfigDict) -> tuple[Decode, Any] | None:
+  """(decode(aux, x0) -> images in [-1, 1], aux), or None if not decodable.
+
+  `decode` is pure (usable inside any jit) and `aux` holds its arrays (VAE
+  parameters, latent statistics), so they are passed to compiled programs
+  as arguments rather than baked in as constants. Pixel runs decode to
+  themselves; latent runs need `vae.path`.
+  """
+  if config.data.source == "digits":
+    return _identity, ()
+  if not config.vae.path:
+    return None
+  shape = state_lib.example_shape(config)
+  stats = latents.stats_path(config)
+  return _latent_decoder(config.vae.path, stats, shape, config.ct.sigma_data)
+
+
+@functools.lru_cache(maxsize=4)
+def _jit(decode: Decode) -> Callable[[Any, jax.Array], jax.Array]:
+  return jax.jit(decode)
 
 
 def image_decoder(
   config: ml_collections.ConfigDict,
 ) -> Callable[[jax.Array], jax.Array] | None:
-  """x0 -> images in [-1, 1], or None when latents cannot be decoded."""
-  if config.data.source == "digits":
-    return lambda x: x
-  if not config.vae.path:
+  """x0 -> images in [-1, 1] (compiled once), or None if not decodable."""
+  parts = decoder(config)
+  if parts is None:
     return None
-  shape = state_lib.example_shape(config)
-  return _decoder(config.vae.path, latents.stats_path(config), shape)
+  decode, aux = parts
+  return lambda x0: _jit(decode)(aux, x0)
 
 
 def sample_data(

@@ -1,13 +1,15 @@
-"""Images as files: the one uint8 rule, grayscale -> RGB, grids, PNG and JPEG.
+"""Images as files: the uint8 rule, grayscale -> RGB, grids, PNG and JPEG.
 
-Every path from model output to pixels goes through `to_uint8`, so sample
-grids, `--mode=sample`, evaluation and the notebook quantize alike:
-clamp((x + 1) / 2, 0, 1) * 255, rounded half up (torchvision's `save_image`:
-`mul(255).add_(0.5)` then truncation). It runs on the devices (inside jit) or
-on the host. JPEG at quality 75 is what the paper's sampler wrote (PIL's
-default, docs/ALGORITHM.md section 14); FID is computed on the decoded JPEG.
+Every path from model output to pixels goes through `to_uint8`:
+clamp((x + 1) / 2, 0, 1) * 255, rounded half up (torchvision's `save_image`)
+for grids, `--mode=sample` and the `png` evaluation protocol, truncated for
+the `paper` protocol (the authors' `.to(uint8)`). It runs on the devices
+(inside jit) or on the host. The `paper` protocol then writes JPEG at quality
+75, PIL's default, as the authors' sampler did (ALGORITHM.md §14), and FID is
+computed on the decoded JPEG (docs/EVAL.md).
 """
 
+import dataclasses
 import io
 from typing import Any
 
@@ -18,21 +20,45 @@ from PIL import Image
 
 from ilct_jax import storage
 
-SAVE_FORMATS = ("", "png", "jpeg")  # eval.save_images choices.
 # The reference saves samples with PIL's `save("x.jpg")`, whose default
-# quality is 75 (docs/ALGORITHM.md section 14); FID then reads those JPEGs.
+# quality is 75 (ALGORITHM.md §14); FID then reads those JPEGs.
 JPEG_QUALITY = 75
 _PIL_FORMATS = {"png": ("PNG", "png"), "jpeg": ("JPEG", "jpg")}
+ROUNDINGS = ("round", "truncate")
 
 
-def to_uint8(images: Any) -> jax.Array:
-  """[-1, 1] images -> uint8: floor(clip((x + 1) / 2, 0, 1) * 255 + 0.5).
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """How samples become the pixels FID sees (`eval.protocol`).
 
-  Works on host arrays and inside jit; returns a jax array (np.asarray it on
-  the host).
+  Attributes:
+    rounding: "truncate" (floor(x * 255), the authors' `.to(uint8)`) or
+      "round" (half up, torchvision's `save_image`).
+    fmt: "jpeg" (quality 75, FID on the decoded file) or "png" (lossless).
+  """
+
+  rounding: str
+  fmt: str
+
+
+PROTOCOLS = {
+  # The authors' sampler: (clamp(x) * 255).to(uint8), PIL JPEG at its
+  # default quality 75, FID on those files (ALGORITHM.md §14, §15).
+  "paper": Protocol(rounding="truncate", fmt="jpeg"),
+  # Lossless and rounded: the usual choice, and what grids use.
+  "png": Protocol(rounding="round", fmt="png"),
+}
+
+
+def to_uint8(images: Any, rounding: str = "round") -> jax.Array:
+  """[-1, 1] images -> uint8 from u = clip((x + 1) / 2, 0, 1).
+
+  "round": floor(255 u + 0.5); "truncate": floor(255 u). Works on host
+  arrays and inside jit; returns a jax array (np.asarray it on the host).
   """
   unit = jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
-  return jnp.floor(unit * 255.0 + 0.5).astype(jnp.uint8)
+  offset = {"round": 0.5, "truncate": 0.0}[rounding]
+  return jnp.floor(unit * 255.0 + offset).astype(jnp.uint8)
 
 
 def to_rgb(images: Any, xp: Any = np) -> Any:
