@@ -1,8 +1,8 @@
-"""CelebA-HQ 256 (latents 32x32x4): the paper's main row (ALGORITHM.md 13).
+"""CelebA-HQ 256 (latents 32x32x4): the paper's main row (ALGORITHM.md §13).
 
 Data (docs/DATA.md has the details):
   1. Put the CelebA-HQ images in a folder; the paper trained on 27,000 of the
-     30,000 (a 27k/3k split, ALGORITHM.md section 10): put those in train/.
+     30,000 (a 27k/3k split, ALGORITHM.md §10): put those in train/.
   2. python -m ilct_jax.data.build --dataset=celeb_a_hq_folder/256 \
        --manual_dir=/path/to/celeba_hq
   3. python -m ilct_jax.models.convert_vae --hub_id=stabilityai/sd-vae-ft-ema \
@@ -31,7 +31,7 @@ available when this config was written); `python -m ilct_jax.benchmark
 294,000 / steps_per_s is the training time.
 
 Uncertain: the authors picked the best of epochs 1300-1400 and of several
-EMAs; the FID reference folder may hold 30k real images (ALGORITHM 15, 17).
+EMAs; the FID reference folder may hold 30k real images (ALGORITHM.md §15, §17).
 """
 
 import ml_collections

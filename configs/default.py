@@ -4,7 +4,7 @@ Dataset configs (celeba.py, lsun_church.py, ffhq.py, ilct_baseline.py, demo.py,
 tiny.py) import this file and override a handful of fields. Override any field
 on the command line, e.g. `--config.optim.lr=2e-4 --config.ct.loss=huber`.
 
-Defaults follow the paper's CelebA-HQ recipe (ALGORITHM.md sections 1-13) where
+Defaults follow the paper's CelebA-HQ recipe (ALGORITHM.md §1-§13) where
 the recipe is dataset independent; switch a technique off with one override.
 """
 
@@ -36,14 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
-  model.name = "dhariwal_unet"  # EDM's ADM UNet (ALGORITHM 11a).
+  model.name = "dhariwal_unet"  # EDM's ADM UNet (ALGORITHM.md §11a).
   model.model_channels = 128  # Base width of the first level.
   model.channel_mult = (1, 2, 3, 4)  # Width multiplier per resolution level.
   model.num_blocks = 4  # Residual blocks per encoder level.
   model.attn_resolutions = (16, 8)  # Resolutions with self-attention.
   model.head_channels = 64  # Channels per attention head.
   model.dropout = 0.0  # Dropout in residual blocks (0: iCT's 0.3 diverged).
-  model.norm = "nsln"  # nsln | group | layer | rms | instance (ALGORITHM 11b).
+  model.norm = (
+    "nsln"  # nsln | group | layer | rms | instance (ALGORITHM.md §11b).
+  )
   model.dtype = "float32"  # Activation dtype: float32 | bfloat16.
 
   # ---------------------------------------------------------------- vae
@@ -60,19 +62,25 @@ def get_config() -> ml_collections.ConfigDict:
   ct.p_std = 2.0  # Lognormal index sampler std (iCT).
   ct.start_scales = 10  # s0 of the doubling curriculum.
   ct.end_scales = 640  # s1 of the doubling curriculum (iCT: 1280).
-  ct.index_sampler = "lognormal"  # lognormal | uniform (ALGORITHM 3).
-  ct.weighting = "ict"  # ict (1/dsigma) | karras | uniform (ALGORITHM 4).
-  ct.loss = "cauchy"  # cauchy | huber | gm | l2 (per-sample mean, ALGO 6).
-  ct.c_schedule = "adaptive"  # adaptive (c(N) fit) | constant (ALGORITHM 6).
+  ct.index_sampler = "lognormal"  # lognormal | uniform (ALGORITHM.md §3).
+  ct.weighting = "ict"  # ict (1/dsigma) | karras | uniform (ALGORITHM.md §4).
+  ct.loss = (
+    "cauchy"  # cauchy | huber | gm | l2 (per-sample mean, ALGORITHM.md §6).
+  )
+  ct.c_schedule = (
+    "adaptive"  # adaptive (c(N) fit) | constant (ALGORITHM.md §6).
+  )
   ct.c = 0.0  # Constant c; 0 = c0 = 0.00054*sqrt(d).
   ct.c_mult = 1.0  # Multiplier on the constant c (ablations: 0.01, 3, ...).
-  ct.diffusion_loss = True  # Add the small-sigma diffusion loss (ALGO 7).
+  ct.diffusion_loss = (
+    True  # Add the small-sigma diffusion loss (ALGORITHM.md §7).
+  )
   ct.diffusion_weight = 5.0  # Weight of the diffusion loss.
   ct.diffusion_threshold = 0.75  # Active where i >= floor(threshold * N).
 
   # ---------------------------------------------------------------- coupling
   config.coupling = coupling = ml_collections.ConfigDict()
-  coupling.method = "exact"  # exact | sinkhorn | none (ALGORITHM 9).
+  coupling.method = "exact"  # exact | sinkhorn | none (ALGORITHM.md §9).
   coupling.scope = "global"  # global (whole batch) | shard (per device).
   coupling.epsilon = 0.01  # Sinkhorn entropic regularization (relative).
   coupling.iterations = 200  # Sinkhorn iterations (fixed, so it jits).

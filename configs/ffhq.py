@@ -1,4 +1,4 @@
-"""FFHQ 256 (latents 32x32x4): the paper's FFHQ row (ALGORITHM.md 13).
+"""FFHQ 256 (latents 32x32x4): the paper's FFHQ row (ALGORITHM.md §13).
 
 Data (docs/DATA.md has the details):
   1. Put the 70,000 FFHQ PNGs (images1024x1024 with its numbered subfolders)
@@ -17,8 +17,8 @@ Table 1 row: "Ours" on FFHQ 256, FID 8.72 (1 NFE) / 8.29 (2 NFE), recall
 Command:
   python -m ilct_jax.main --config=configs/ffhq.py --workdir=runs/ffhq
 
-Uncertain (ALGORITHM 13, 17): the `ot`-branch FFHQ script (2 GPUs, batch 256,
-1400 epochs) logged only FID 13-16, and a master script used batch 1536 and
+Uncertain (ALGORITHM.md §13, §17): the `ot`-branch FFHQ script (2 GPUs, batch
+256, 1400 epochs) logged only FID 13-16, and a master script used batch 1536 and
 1750 epochs; neither is known to have produced 8.72. This config follows the
 paper's stated batch 128 and 1.4K epochs with the CelebA recipe. Hardware:
 not pinned down. Wall time: not measured here.

@@ -2,7 +2,7 @@
 
 Table 1 row: "iLCT" on CelebA-HQ 256, FID 37.15 (1 NFE) / 16.84 (2 NFE)
 [PAPER]; the authors' log has 16.838 for 2 NFE with ts 0,640,1280 on a 1281
-grid (ALGORITHM 13, run
+grid (ALGORITHM.md §13, run
 `dhariwal_unet_ict_large_batchsize_lr_decay_1k6_epoch_normalize_0.5_1280_nogradnorm_huber_positional`).
 
 What differs from configs/celeba.py: pseudo-Huber loss with the constant
@@ -14,7 +14,7 @@ Command:
   python -m ilct_jax.main --config=configs/ilct_baseline.py \
     --workdir=runs/ilct_baseline
 
-Uncertain (ALGORITHM 17.5): the baseline run also used lr decay, a larger
+Uncertain (ALGORITHM.md §17.5): the baseline run also used lr decay, a larger
 batch and 1.6K epochs ("large_batchsize_lr_decay_1k6_epoch"); the exact batch
 and decay schedule are not recorded, so this config keeps batch 128, a
 constant lr and sets 1600 epochs. Expect the 1-NFE FID to be far worse than

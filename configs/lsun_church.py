@@ -1,4 +1,4 @@
-"""LSUN Church 256 (latents 32x32x4): the paper's LSUN row (ALGORITHM.md 13).
+"""LSUN Church 256 (latents 32x32x4): the paper's LSUN row (ALGORITHM.md §13).
 
 Data (docs/DATA.md has the details):
   1. Download church_outdoor_train_lmdb.zip (and _val_) from the LSUN site
@@ -19,7 +19,7 @@ recall 0.47 / 0.48 [PAPER].
 Command:
   python -m ilct_jax.main --config=configs/lsun_church.py --workdir=runs/lsun
 
-Uncertain (ALGORITHM 13, 17): the best-matching authors' script
+Uncertain (ALGORITHM.md §13, §17): the best-matching authors' script
 (`lsun_best_setting_2`, branch master) used global batch 1536 (192 x 8 GPUs)
 and 1750 epochs on the flip-doubled set, evaluated at epoch 1675; the paper
 says batch 256 and 1.8K epochs. Following "the code produced the numbers",

@@ -1,7 +1,9 @@
 """ilct_jax: improved consistency training in latent space (Dao et al. 2025).
 
-Subpackages: `models` (UNet, VAE, InceptionV3), `datasets` (tfds builders).
-Modules own one concern each; see README.md for the map.
+The training core is flat (step, state, consistency, losses, coupling, optim,
+checkpointing, train); subpackages hold the rest: `models` (UNet, SD VAE,
+InceptionV3, converters), `data` (sources, latents, the encode job, tfds
+builders) and `evaluation` (FID, samples, grids). docs/DESIGN.md has the map.
 """
 
 __version__ = "0.1.0"

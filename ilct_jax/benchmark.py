@@ -6,6 +6,9 @@ Every timing loop of the project lives here. Modes (`--mode`):
            (median over timed steps after warm-up), memory.
   recipes  train-step time of the paper recipe vs the iLCT baseline (and each
            technique switched off alone), as ratios measured in one run.
+  model    the UNet alone at train.batch_size: jitted forward, and forward +
+           backward of a mean-square loss (compile and median run seconds,
+           XLA's flop count), comparable with a plain PyTorch model timing.
   ot       the OT pairing alone (exact vs sinkhorn) at --batch x --dim.
   vae      SD-VAE encode/decode throughput at 256x256.
   fid      InceptionV3 feature-extraction throughput.
@@ -29,10 +32,10 @@ from ilct_jax import consistency, coupling, parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.evaluation import features
-from ilct_jax.models import autoencoder, inception
+from ilct_jax.models import autoencoder, inception, unet
 from ilct_jax.models import vae as vae_lib
 
-MODES = ("train", "recipes", "ot", "vae", "fid")
+MODES = ("train", "recipes", "model", "ot", "vae", "fid")
 
 
 def time_calls(fn: Callable[..., Any], args: tuple, repeats: int):
@@ -146,6 +149,79 @@ def compare_recipes(config, steps: int, warmup: int) -> dict[str, dict]:
     name: time_train_step(_with(config, ov), steps, warmup)
     for name, ov in RECIPE_VARIANTS.items()
   }
+
+
+def time_model(
+  config: ml_collections.ConfigDict, batch: int, steps: int, warmup: int
+) -> dict[str, float]:
+  """Times the config's UNet alone on the default device.
+
+  Random float32 inputs of shape [batch, *example_shape] and c_noise values;
+  random (not zero-init) params so no branch is trivially zero. Two jitted
+  programs: the forward (train=False) and the gradient of mean(F(x)^2)
+  (train=True), i.e. one forward + one backward as in a plain
+  `loss.backward()` timing.
+
+  Args:
+    config: the full config (`model.*`, `data.*`).
+    batch: batch size.
+    steps: timed calls of each program (median reported).
+    warmup: untimed calls after the compile.
+
+  Returns:
+    fwd_s / fwd_bwd_s (median seconds), their compile seconds (lower +
+    compile), XLA's flop estimates, param count and peak RSS (MiB).
+  """
+  model = state_lib.create_model(config)
+  shape = (batch, *state_lib.example_shape(config))
+  kx, kp = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, shape, jnp.float32)
+  labels = 250.0 * jnp.log(jnp.linspace(0.01, 10.0, batch, dtype=jnp.float32))
+  abstract = jax.eval_shape(
+    lambda k: model.init(k, x, labels, train=False)["params"], kp
+  )
+  leaves, treedef = jax.tree.flatten(abstract)
+  keys = jax.random.split(kp, len(leaves))
+  params = jax.jit(
+    lambda ks: jax.tree.unflatten(
+      treedef,
+      [
+        0.02 * jax.random.normal(k, a.shape, a.dtype)
+        for k, a in zip(ks, leaves)
+      ],
+    )
+  )(keys)
+
+  def loss(p, x, labels):
+    y = model.apply({"params": p}, x, labels, train=True)
+    return jnp.mean(jnp.square(y))
+
+  programs = {
+    "fwd": lambda p, x, n: model.apply({"params": p}, x, n, train=False),
+    "fwd_bwd": jax.grad(loss),
+  }
+  figures = {"batch": float(batch), "params": float(unet.count_params(params))}
+  for name, fn in programs.items():
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(params, x, labels).compile()
+    figures[f"{name}_compile_s"] = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    figures[f"{name}_gflop"] = float((cost or {}).get("flops", 0.0)) / 1e9
+    for _ in range(max(warmup, 1)):
+      jax.block_until_ready(compiled(params, x, labels))
+    times = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      jax.block_until_ready(compiled(params, x, labels))
+      times.append(time.perf_counter() - start)
+    figures[f"{name}_s"] = statistics.median(times)
+    figures[f"{name}_min_s"] = min(times)
+  figures["bwd_s"] = figures["fwd_bwd_s"] - figures["fwd_s"]
+  figures["peak_rss_mib"] = (
+    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  )
+  return figures
 
 
 _OT_SOLVERS = {
@@ -264,6 +340,9 @@ def main(argv):
     for r in rows.values():
       r["time_vs_recipe"] = r["step_s"] / base
     _print_table(rows, ["step_s", "images_per_s", "compiles", "time_vs_recipe"])
+  elif mode == "model":
+    r = time_model(config, config.train.batch_size, f.steps, f.warmup)
+    _print_table({"model": r}, list(r))
   elif mode == "ot":
     r = time_ot(batch=f.batch, dim=f.dim)
     _print_table({"ot": r}, list(r))

@@ -1,6 +1,6 @@
 """Consistency-training schedules and the consistency parametrization.
 
-Owns every formula of ALGORITHM.md sections 1-4 and the c(N) schedule of
+Owns every formula of ALGORITHM.md §1-§4 and the c(N) schedule of
 section 6: the Karras noise grid, the iCT doubling curriculum N(k), the
 lognormal-interval index sampler, the loss weights, c_skip/c_out/c_in/c_noise
 and the consistency function f(x, sigma). Everything that depends on the
@@ -24,10 +24,10 @@ C_SCHEDULES = ("adaptive", "constant")
 
 # iCT's robust-loss constant c0 = 0.00054 * sqrt(d) (Song & Dhariwal 2023),
 # applied by the reference code to the per-sample MEAN of squared residuals
-# (ALGORITHM 6, "scale note").
+# (ALGORITHM.md §6, "scale note").
 C0_PER_SQRT_DIM = 0.00054
 # Adaptive c(N) = exp(-1.15 ln(N - 1) - 0.85), fitted by the authors to the
-# std of TD residuals (LCT `--c-by-loss-std`, ALGORITHM 6).
+# std of TD residuals (LCT `--c-by-loss-std`, ALGORITHM.md §6).
 C_FIT_SLOPE = -1.15
 C_FIT_INTERCEPT = -0.85
 
@@ -42,7 +42,8 @@ def karras_grid(
   """Karras sigmas from large to small, padded to a fixed length.
 
   sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho for
-  i < N (ALGORITHM 2); entries i >= N repeat sigma_min so indexing stays safe.
+  i < N (ALGORITHM.md §2); entries i >= N repeat sigma_min so indexing stays
+  safe.
 
   Args:
     num: N, the number of levels (may be traced).
@@ -63,7 +64,7 @@ def karras_grid(
 def num_scales(
   step: int | jax.Array, total_steps: int, start: int, end: int
 ) -> jax.Array:
-  """iCT doubling curriculum N(k) (LCT `improve_scale_fn`, ALGORITHM 2).
+  """iCT doubling curriculum N(k) (LCT `improve_scale_fn`, ALGORITHM.md §2).
 
   K' = floor(K / (log2(floor(s1/s0)) + 1)), N = min(s0 * 2^floor(k/K'), s1) + 1.
 
@@ -88,7 +89,7 @@ def num_scales(
 def index_probs(
   sigmas: jax.Array, num: jax.Array, p_mean: float, p_std: float
 ) -> jax.Array:
-  """Lognormal interval masses p_i for i in 0..N-2; zero elsewhere (ALGO 3).
+  """Lognormal interval masses p_i, i in 0..N-2; else zero (ALGORITHM §3).
 
   p_i is proportional to erf((ln s_i - Pm)/(sqrt2 Ps)) -
   erf((ln s_{i+1} - Pm)/(sqrt2 Ps)), the lognormal mass of (s_{i+1}, s_i].
@@ -115,7 +116,7 @@ def sample_indices(
   num: jax.Array,
   ct: ml_collections.ConfigDict,
 ) -> jax.Array:
-  """Draws the pair index i in {0..N-2} per sample (ALGORITHM 3)."""
+  """Draws the pair index i in {0..N-2} per sample (ALGORITHM.md §3)."""
   if ct.index_sampler == "lognormal":
     probs = index_probs(sigmas, num, ct.p_mean, ct.p_std)
     logits = jnp.where(probs > 0, jnp.log(jnp.maximum(probs, 1e-38)), -jnp.inf)
@@ -127,7 +128,7 @@ def sample_indices(
 def loss_weight(
   name: str, t: jax.Array, r: jax.Array, sigma_data: float
 ) -> jax.Array:
-  """Per-sample CT loss weight lambda (ALGORITHM 4)."""
+  """Per-sample CT loss weight lambda (ALGORITHM.md §4)."""
   if name == "ict":
     return 1.0 / (t - r)
   if name == "karras":
@@ -142,7 +143,7 @@ def c0(dim: int) -> float:
 
 
 def robust_c(num: jax.Array, ct: ml_collections.ConfigDict, dim: int):
-  """The robust-loss scale c for the current N (ALGORITHM 6).
+  """The robust-loss scale c for the current N (ALGORITHM.md §6).
 
   `adaptive`: c0 for the first stage (N <= s0 + 1), then
   exp(-1.15 ln(N - 1) - 0.85). `constant`: (ct.c or c0) * ct.c_mult.
@@ -157,7 +158,7 @@ def robust_c(num: jax.Array, ct: ml_collections.ConfigDict, dim: int):
 
 
 def scalings(sigma: jax.Array, ct: ml_collections.ConfigDict):
-  """c_skip, c_out, c_in with the (sigma - sigma_min) shift (ALGORITHM 1)."""
+  """c_skip, c_out, c_in with the (sigma - sigma_min) shift (ALGORITHM §1)."""
   sd, smin = ct.sigma_data, ct.sigma_min
   c_skip = sd**2 / ((sigma - smin) ** 2 + sd**2)
   c_out = (sigma - smin) * sd / jnp.sqrt(sigma**2 + sd**2)
@@ -166,7 +167,7 @@ def scalings(sigma: jax.Array, ct: ml_collections.ConfigDict):
 
 
 def noise_labels(sigma: jax.Array) -> jax.Array:
-  """c_noise = 250 ln(sigma + 1e-44) = 1000 * 0.25 ln sigma (ALGORITHM 1)."""
+  """c_noise = 250 ln(sigma + 1e-44) = 1000 * 0.25 ln(sigma) (ALGORITHM §1)."""
   return 250.0 * jnp.log(sigma + 1e-44)
 
 

@@ -1,15 +1,15 @@
 """Optimal-transport pairing of a data batch with a noise batch, on device.
 
-The reference (ALGORITHM.md section 9, LCT `--ot-hard`) pairs the normalized
+The reference (ALGORITHM.md §9, LCT `--ot-hard`) pairs the normalized
 latents x0 with the unit-variance noise z by an exact optimal-transport plan
 under the squared-Euclidean cost between flattened samples, with uniform
 marginals. With equal uniform marginals that plan is a permutation, so this
 module returns a permutation `perm` such that (x[k], z[perm[k]]) are the
-pairs. The order of the pairs does not matter (ALGORITHM.md section 9), so no
+pairs. The order of the pairs does not matter (ALGORITHM.md §9), so no
 randomness is involved.
 
 Everything here is jittable and runs on the device inside the train step: no
-numpy, scipy or host callbacks (ALGORITHM.md section 19). Methods:
+numpy, scipy or host callbacks (ALGORITHM.md §19). Methods:
 
 * `exact`: the Hungarian algorithm of ott-jax (`ott.tools.unreg.hungarian`,
   which wraps optax's `hungarian_algorithm`). Measured on the 2-core CPU at
@@ -24,7 +24,7 @@ numpy, scipy or host callbacks (ALGORITHM.md section 19). Methods:
   (not measured here).
 * `none`: the identity pairing.
 
-Scopes (DESIGN.md section 1.2): `global` pairs over the whole global batch
+Scopes (docs/DESIGN.md, parallelism): `global` pairs over the whole global batch
 (the paper's single-GPU CelebA run); `shard` pairs within each device's shard
 under `jax.shard_map`, as the reference's DDP did per GPU.
 """
@@ -86,7 +86,7 @@ def _exact_cost(xf: jax.Array, zf: jax.Array) -> jax.Array:
   |x_i|^2 and every |z_j|^2 exactly once, so the optimal permutation depends
   only on -x_i.z_j. Dropping the norms avoids float32 cancellation between
   numbers of size ~2D (D = 4096 for CelebA latents), and dividing by the max
-  absolute value (the reference's `normalize_cost`, ALGORITHM.md section 9)
+  absolute value (the reference's `normalize_cost`, ALGORITHM.md §9)
   rescales without changing the plan.
   """
   # HIGHEST: GPUs may otherwise run float32 matmuls in TF32 (10-bit
@@ -95,7 +95,7 @@ def _exact_cost(xf: jax.Array, zf: jax.Array) -> jax.Array:
   scale = jnp.max(jnp.abs(cost))
   cost = cost / jnp.where(scale > 0, scale, 1.0)
   # A NaN/inf cost could keep the Hungarian search loops from terminating;
-  # such a step's loss is NaN and skipped anyway (ALGORITHM.md section 8), so
+  # such a step's loss is NaN and skipped anyway (ALGORITHM.md §8), so
   # any permutation will do: solve an all-zero cost instead.
   return jnp.where(jnp.all(jnp.isfinite(cost)), cost, 0.0)
 

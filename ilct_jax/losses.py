@@ -1,6 +1,6 @@
 """Robust consistency losses and the small-sigma diffusion loss.
 
-Owns ALGORITHM.md sections 6 and 7. The robust functions act on the
+Owns ALGORITHM.md §6 and §7. The robust functions act on the
 per-sample MEAN of squared residuals m (not iCT's sum), exactly as the authors'
 code does (`--loss-norm cauchy|huber|gm|l2`, without the `_new` suffix); this
 is why c0 = 0.03456 and the c(N) schedule are on the scale they are.
@@ -21,7 +21,7 @@ def per_sample_mse(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def robust(name: str, m: jax.Array, c: jax.Array) -> jax.Array:
-  """rho(m) for a per-sample mean squared residual m (ALGORITHM 6).
+  """rho(m) for a per-sample mean squared residual m (ALGORITHM.md §6).
 
   Args:
     name: cauchy | huber | gm | l2.
@@ -52,7 +52,7 @@ def consistency_loss(
   weight: jax.Array,
   c: jax.Array,
 ) -> jax.Array:
-  """Batch CT loss: mean_B(lambda_i * rho(m_i)) (ALGORITHM 6)."""
+  """Batch CT loss: mean_B(lambda_i * rho(m_i)) (ALGORITHM.md §6)."""
   return jnp.mean(weight * robust(name, per_sample_mse(online, target), c))
 
 
@@ -63,7 +63,7 @@ def diffusion_loss(
   mask: jax.Array,
   sigma_data: float,
 ) -> jax.Array:
-  """Masked-mean EDM-weighted denoising loss on the selected samples (ALGO 7).
+  """Masked-mean EDM-weighted denoising loss of selected samples (ALGORITHM §7).
 
   Per sample: mean((f(x_t, t) - x0)^2) * (1/t^2 + 1/sigma_data^2). The batch
   value is the mean over the selected samples only; an empty selection gives 0
@@ -87,7 +87,7 @@ def diffusion_loss(
 def diffusion_mask(
   idx: jax.Array, num: jax.Array, threshold: float
 ) -> jax.Array:
-  """i >= floor(threshold * N): the smallest-sigma part of the grid (ALGO 7)."""
+  """i >= floor(threshold * N): the small-sigma grid part (ALGORITHM §7)."""
   cut = jnp.floor(threshold * jnp.asarray(num, jnp.float32)).astype(jnp.int32)
   return idx >= cut
 

@@ -1,6 +1,6 @@
 """The optimizer: RAdam (or Adam) with PyTorch-style coupled L2, constant lr.
 
-ALGORITHM 12: torch.optim.RAdam(lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
+ALGORITHM.md §12: torch.optim.RAdam(lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
 weight_decay=1e-4). PyTorch adds weight_decay * param to the gradient before
 the moment updates ("coupled" L2), which in optax is
 chain(add_decayed_weights(wd), radam(lr)). No warmup, no decay, no clipping

@@ -1,6 +1,6 @@
 """One-step and multistep consistency sampling (jit-able).
 
-ALGORITHM 14: x_T = sigma_max * z; one step is f(x_T, sigma_max). Multistep
+ALGORITHM.md §14: x_T = sigma_max * z; one step is f(x_T, sigma_max). Multistep
 walks given indices of a Karras grid of `grid_scales + 1` levels: denoise,
 then re-noise to the next level with sqrt(s^2 - s_min^2) fresh noise, and
 denoise again; the final level s_min adds no noise, so indices (0, 420, 640) on

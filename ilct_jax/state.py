@@ -2,8 +2,8 @@
 
 `TrainState` is a pure pytree (flax.struct) so that the train step can be one
 donated `jit`. There is no target network: iCT/iLCT use the online parameters
-under `stop_gradient` as the teacher (ALGORITHM 5). Several EMAs of the
-parameters are tracked at once (ALGORITHM 12); evaluation names the decay it
+under `stop_gradient` as the teacher (ALGORITHM.md §5). Several EMAs of the
+parameters are tracked at once (ALGORITHM.md §12); evaluation names the decay it
 uses. The state is created shape-first (`jax.eval_shape`) and materialised by a
 `jit` with replicated out-shardings, and the same abstract state is the orbax
 restore target.

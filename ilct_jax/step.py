@@ -1,11 +1,12 @@
 """One pure consistency-training step, jitted once over a mesh of all devices.
 
-Implements ALGORITHM.md section 8: OT pairing of data and unit noise, the
-curriculum N(k) and scale c(N) from the traced step, the lognormal pair index,
-the online output at t and the stop-gradient teacher at r (the online params
-themselves, ALGORITHM 5), the robust CT loss, the masked diffusion loss, and the
-RAdam + EMA update. A non-finite loss or gradient skips the update and is
-counted (`state.nonfinite`); the loop halts after `train.max_nonfinite`.
+Implements ALGORITHM.md §8: OT pairing of data and unit noise, the
+curriculum N(k) and scale c(N) from the traced step, the lognormal pair
+index, the online output at t and the stop-gradient teacher at r (the online
+params themselves, ALGORITHM.md §5), the robust CT loss, the masked diffusion
+loss, and the RAdam + EMA update. A non-finite loss or gradient skips the
+update and is counted (`state.nonfinite`); the loop halts after
+`train.max_nonfinite`.
 
 The batch is sharded on the mesh axis "data" and the state is replicated;
 the compiler inserts the gradient all-reduce (no pmap, no pmean).
@@ -40,7 +41,7 @@ def _ct_loss(
   key: jax.Array,
   ct: ml_collections.ConfigDict,
 ) -> tuple[jax.Array, Metrics]:
-  """Total loss L = L_ct + w * L_diff and its parts (ALGORITHM 6-8)."""
+  """Total loss L = L_ct + w * L_diff and its parts (ALGORITHM.md §6-§8)."""
   t, r = sigmas[idx], sigmas[idx + 1]
   bc = lambda v: v[:, None, None, None]
   key_online, key_target = jax.random.split(key)
@@ -78,7 +79,7 @@ def _paired_noise(
   cfg: ml_collections.ConfigDict,
   mesh: Mesh | None,
 ) -> jax.Array:
-  """Unit Gaussian noise, OT-paired with the data (ALGORITHM 9)."""
+  """Unit Gaussian noise, OT-paired with the data (ALGORITHM.md §9)."""
   noise = jax.random.normal(key, x0.shape, jnp.float32)
   if cfg.method == "none":
     return noise

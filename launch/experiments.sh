@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every paper run and ablation (ALGORITHM.md 13 and 16), one line each.
+# Every paper run and ablation (ALGORITHM.md §13 and §16), one line each.
 #
 # Usage:
 #   bash launch/experiments.sh list                  # the run names

@@ -1,4 +1,4 @@
-"""Every ablation of ALGORITHM 16 is one command-line override away.
+"""Every ablation of ALGORITHM.md §16 is one command-line override away.
 
 Each case parses real `--config.x=y` flags (ml_collections config_flags, as
 `python -m ilct_jax.main` does) on the tiny config, then runs one train step
@@ -17,7 +17,7 @@ from ilct_jax import step as step_lib
 
 C0_TINY = 0.00054 * 8.0  # c0 for d = 8 * 8 * 1.
 
-# (ALGORITHM 16 row, CLI overrides, check on the first step's metrics).
+# (ALGORITHM.md §16 row, CLI overrides, check on the first step's metrics).
 ABLATIONS = [
   ("loss: pseudo-huber", ["--config.ct.loss=huber"], None),
   ("loss: geman-mcclure", ["--config.ct.loss=gm"], None),

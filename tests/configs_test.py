@@ -1,4 +1,4 @@
-"""Paper configs: the numbers ALGORITHM 13 fixes, and they build a model."""
+"""Paper configs: the numbers ALGORITHM.md §13 fixes, and they build a model."""
 
 import jax
 import pytest
@@ -44,7 +44,7 @@ def test_paper_configs_build(module):
   ).params
   n = unet.count_params(params)
   if c.model.norm == "nsln":
-    assert n == 158_355_972  # ALGORITHM 11a: ~158M with NsLN.
+    assert n == 158_355_972  # ALGORITHM.md §11a: ~158M with NsLN.
   else:
     assert 50e6 < n < 151_325_956  # 2 blocks per level, GroupNorm.
 

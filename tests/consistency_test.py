@@ -1,4 +1,4 @@
-"""Formula values of the schedules and parametrization (ALGORITHM 1-4, 6)."""
+"""Formula values of schedules and parametrization (ALGORITHM.md §1-§4, §6)."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ def ct():
 
 def test_karras_grid_n11_matches_algorithm(ct):
   grid = consistency.karras_grid(11, 11, ct.sigma_min, ct.sigma_max, ct.rho)
-  # ALGORITHM 2, example for N = 11.
+  # ALGORITHM.md §2, example for N = 11.
   expected = [
     80,
     45.31,
@@ -44,7 +44,7 @@ def test_padded_grid_equals_exact_grid_and_is_decreasing(ct):
 
 def test_sigma_420_of_641_grid(ct):
   grid = consistency.karras_grid(641, 641, ct.sigma_min, ct.sigma_max, ct.rho)
-  # ALGORITHM 14: the 2-step intermediate level.
+  # ALGORITHM.md §14: the 2-step intermediate level.
   assert float(grid[420]) == pytest.approx(0.5286, abs=1e-4)
   assert float(grid[440]) == pytest.approx(0.369, abs=1e-3)
 
@@ -57,7 +57,7 @@ def test_curriculum_seven_equal_stages():
   )
   assert sorted(set(ns.tolist())) == [11, 21, 41, 81, 161, 321, 641]
   assert np.all(np.diff(ns) >= 0)
-  # K' = floor(294000 / 7) = 42000 steps per stage (ALGORITHM 2).
+  # K' = floor(294000 / 7) = 42000 steps per stage (ALGORITHM.md §2).
   for stage, n in enumerate([11, 21, 41, 81, 161, 321, 641]):
     assert int(consistency.num_scales(stage * 42_000, total, 10, 640)) == n
     if stage:
@@ -134,7 +134,7 @@ def test_loss_weights(ct):
     consistency.loss_weight("karras", t, r, 0.5), 1 / t**2 + 4, rtol=1e-6
   )
   assert np.all(np.asarray(consistency.loss_weight("uniform", t, r, 0.5)) == 1)
-  # N = 641: lambda ranges over ~1.5 .. 1.3e4 and is positive (ALGORITHM 4).
+  # N = 641: lambda ranges over ~1.5 .. 1.3e4 and is positive (ALGORITHM.md §4).
   g = consistency.karras_grid(641, 641, 0.002, 80.0, 7.0)
   w = np.asarray(consistency.loss_weight("ict", g[:-1], g[1:], 0.5))
   assert np.all(w > 0)

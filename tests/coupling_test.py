@@ -133,7 +133,7 @@ def test_pairing_lowers_mean_cost(method):
 @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
 def test_any_input_gives_a_permutation(method):
   # A NaN batch must neither hang the solver loops nor break the permutation
-  # (the train step skips such an update, ALGORITHM.md section 8).
+  # (the train step skips such an update, ALGORITHM.md §8).
   x, z = _gaussians(6, (8, 6))
   x = x.at[2, 3].set(jnp.nan)
   z = z.at[5, 0].set(jnp.inf)

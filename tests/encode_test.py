@@ -133,7 +133,7 @@ def test_latents_are_posterior_samples_keyed_by_example_index(setup):
     key = jax.random.fold_in(base, i)
     want = autoencoder.sample_latents(key, mean[0], logvar[0])
     np.testing.assert_allclose(stored[i], want, rtol=1e-4, atol=1e-5)
-    # A sample, not the posterior mean (ALGORITHM 10).
+    # A sample, not the posterior mean (ALGORITHM.md §10).
     assert not np.allclose(stored[i], mean[0] * latents.SCALING_FACTOR)
 
 

@@ -1,4 +1,4 @@
-"""Latent normalization math and stats IO (ALGORITHM 10)."""
+"""Latent normalization math and stats IO (ALGORITHM.md §10)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Robust losses and the diffusion loss against closed forms (ALGO 6-7)."""
+"""Robust losses and the diffusion loss vs closed forms (ALGORITHM.md §6-§7)."""
 
 import jax
 import jax.numpy as jnp

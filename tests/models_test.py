@@ -24,7 +24,7 @@ TINY = dict(
 def _tiny_inputs(batch=2, res=16, channels=4, seed=0):
   kx, kn = jax.random.split(jax.random.key(seed))
   x = jax.random.normal(kx, (batch, res, res, channels))
-  # c_noise = 250 ln(sigma) for sigma in [0.002, 80] (ALGORITHM.md 1).
+  # c_noise = 250 ln(sigma) for sigma in [0.002, 80] (ALGORITHM.md §1).
   sigma = jnp.exp(jax.random.uniform(kn, (batch,), minval=-6.2, maxval=4.4))
   return x, 250.0 * jnp.log(sigma)
 
@@ -147,7 +147,7 @@ def test_unet_module_names_and_zero_init_layers():
 
 
 def test_unet_init_is_uniform_with_fan_in_bound():
-  """EDM: weights and biases ~ U(+-1/sqrt(fan_in)) (ALGORITHM.md 11a)."""
+  """EDM: weights and biases ~ U(+-1/sqrt(fan_in)) (ALGORITHM.md §11a)."""
   params = _tiny_params("group")
   conv0 = params["dec_16x16_block0"]["conv0"]  # 3x3, 96 -> 32 channels.
   bound = 1.0 / math.sqrt(3 * 3 * 96)
@@ -163,7 +163,7 @@ def test_unet_init_is_uniform_with_fan_in_bound():
 
 
 def test_unet_nsln_bias_shapes_follow_block_input_resolution():
-  """ALGORITHM.md 11b: norm0 sees the block input (2r in down, r/2 in up)."""
+  """ALGORITHM.md §11b: norm0 sees the block input (2r in down, r/2 in up)."""
   params = _tiny_params("nsln")
   shape = lambda block, norm: params[block][norm]["bias"].shape
   assert shape("enc_8x8_down", "norm0") == (16, 16, 32)
@@ -337,7 +337,7 @@ def _norm_param_count(params):
 
 def test_celeba_unet_param_count_nsln():
   # Measured: 158,355,972 params, of which 7,112,704 are NsLN biases
-  # (ALGORITHM.md 11a: ~158M with ~7.1M LN biases). The analytic count below
+  # (ALGORITHM.md §11a: ~158M with ~7.1M LN biases). The analytic count below
   # gives the same 158,355,972.
   params = _celeba_param_shapes("nsln")
   assert unet.count_params(params) == 158_355_972

@@ -1,4 +1,4 @@
-"""RAdam + coupled L2 equals torch.optim.RAdam(weight_decay=...) (ALGO 12)."""
+"""RAdam + coupled L2 equals torch's RAdam with weight decay (ALGORITHM §12)."""
 
 import jax
 import jax.numpy as jnp

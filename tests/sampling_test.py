@@ -1,4 +1,4 @@
-"""1-step and multistep sampling (ALGORITHM 14) with a counting toy network."""
+"""1-step and multistep sampling (ALGORITHM.md §14) with a counting network."""
 
 import jax
 import jax.numpy as jnp

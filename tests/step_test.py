@@ -109,7 +109,7 @@ def test_full_recipe_step_on_eight_devices(tiny_config):
 
 
 def test_loss_matches_hand_computation(tiny_config):
-  """The step's reported loss equals ALGORITHM 8 recomputed outside."""
+  """The step's reported loss equals ALGORITHM.md §8 recomputed outside."""
 
   c = tiny_config
   mesh = parallel.make_mesh(jax.devices()[:1])

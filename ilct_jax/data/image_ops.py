@@ -12,7 +12,7 @@ builders (build time), the latent encoding job (encode time) and the pixel
   arXiv 2104.11222); images smaller than the target are refused, never
   upsampled;
 * map uint8 to [-1, 1] as the reference's ToTensor + Normalize(0.5, 0.5)
-  (docs/ALGORITHM.md section 10);
+  (ALGORITHM.md §10);
 * flip doubling (`data.flip_double`): index i < N is image i, index N + i is its
   horizontal mirror, as the paper's LSUN set of images plus their mirrors.
 
@@ -116,7 +116,7 @@ def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_signed(image: np.ndarray) -> np.ndarray:
-  """uint8 -> float32 in [-1, 1]: (x / 255 - 0.5) / 0.5 (ALGORITHM 10)."""
+  """uint8 -> float32 in [-1, 1]: (x / 255 - 0.5) / 0.5 (ALGORITHM.md §10)."""
   return np.asarray(image, np.float32) / 127.5 - 1.0
 
 

@@ -1,6 +1,6 @@
 """Encoded SD-VAE latents: normalization, statistics and the on-disk format.
 
-Normalization (docs/ALGORITHM.md section 10): stored latents are
+Normalization (ALGORITHM.md §10): stored latents are
 `posterior.sample() * 0.18215`. The reference (`--normalize-matrix`) divides
 by 0.18215, subtracts a PER-ELEMENT mean and divides by a per-element std
 (both [32, 32, 4] in NHWC, over the whole training set, std unbiased), then

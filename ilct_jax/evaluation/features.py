@@ -1,6 +1,6 @@
 """Inception pool3 features of uint8 images, and reference statistics.
 
-pytorch-fid's input path (docs/ALGORITHM.md section 15): uint8 -> [0, 1]
+pytorch-fid's input path (ALGORITHM.md §15): uint8 -> [0, 1]
 (`ToTensor`) -> bilinear resize to 299 without antialiasing -> [-1, 1] -> the
 FID InceptionV3 -> 2048-d pool3. `feature_fn` jits that over this host's
 devices; `load_feature_fn` caches one per converted weight file. Reference

@@ -1,14 +1,14 @@
 """FID statistics, the Frechet distance and improved precision/recall.
 
-Follows pytorch-fid, which the paper's evaluation uses (docs/ALGORITHM.md
-section 15): 2048-d pool3 features (evaluation/features.py) -> mean and
+Follows pytorch-fid, which the paper's evaluation uses (ALGORITHM.md
+§15): 2048-d pool3 features (evaluation/features.py) -> mean and
 covariance (`np.cov(rowvar=False)`, float64) -> the Frechet distance of the
 two Gaussians. Reference statistics are `.npz` files with `mu` and `sigma`,
 the format pytorch-fid reads (`python -m pytorch_fid a.npz b.npz`).
 
 `precision_recall` is the improved precision/recall of Kynkaanniemi et al.
 (NeurIPS 2019, k = 3) on these Inception features. The paper's recall
-(`pr50k3_full`, docs/ALGORITHM.md section 15) used StyleGAN-ADA's VGG16
+(`pr50k3_full`, ALGORITHM.md §15) used StyleGAN-ADA's VGG16
 features instead, so numbers from here are not directly comparable with it.
 """
 

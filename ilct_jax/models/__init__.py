@@ -1,1 +1,3 @@
-"""Flax linen networks: the consistency UNet, the SD VAE and InceptionV3."""
+"""Flax linen networks and their weights: the consistency UNet and its norms,
+the SD VAE with its mesh wrapper and converter, InceptionV3 and its converter.
+"""

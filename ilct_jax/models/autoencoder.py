@@ -2,7 +2,7 @@
 
 Images are NHWC in [-1, 1]; latents are NHWC. "Scaled" latents are the VAE's
 latents times `SCALING_FACTOR`, the form the reference stores on disk
-(ALGORITHM.md section 10: `latent_dist.sample() * 0.18215`).
+(ALGORITHM.md §10: `latent_dist.sample() * 0.18215`).
 
 Pure functions (`encode_pure`, `sample_latents`, `decode_pure`) can be
 called inside other jitted code; `make_codec` binds a
@@ -22,7 +22,7 @@ from ilct_jax.models import vae as vae_lib
 
 PyTree = Any
 
-# ALGORITHM.md section 10: latents are stored as posterior samples times this
+# ALGORITHM.md §10: latents are stored as posterior samples times this
 # (the `scaling_factor` of the SD VAE's diffusers config).
 SCALING_FACTOR = 0.18215
 
@@ -40,7 +40,7 @@ def sample_latents(
 ) -> jax.Array:
   """A posterior sample times SCALING_FACTOR (the reference's stored latent).
 
-  ALGORITHM.md section 10: the reference stores a sample, not the mean.
+  ALGORITHM.md §10: the reference stores a sample, not the mean.
   """
   posterior = vae_lib.DiagonalGaussian(mean, logvar)
   return posterior.sample(key) * SCALING_FACTOR
@@ -52,7 +52,7 @@ def decode_pure(
   """Scaled latents [B, h, w, 4] -> images [B, 8h, 8w, 3], about [-1, 1].
 
   Latents that are already unscaled (e.g. the inverse of the per-element
-  normalization, ALGORITHM.md section 10) go through `vae.decode` directly, or
+  normalization, ALGORITHM.md §10) go through `vae.decode` directly, or
   here after multiplying by SCALING_FACTOR.
   """
   latents = latents_scaled / SCALING_FACTOR

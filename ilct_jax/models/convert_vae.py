@@ -19,7 +19,7 @@ every offending key. The checks, in order:
 * config.json must describe an `AutoencoderKL` with `DownEncoderBlock2D` /
   `UpDecoderBlock2D` blocks, SiLU, quant convs and mid-block attention. A
   DC-AE (`AutoencoderDC`) or any other class is refused by name.
-* `scaling_factor` must be the SD VAE's 0.18215 (ALGORITHM.md section 10). An
+* `scaling_factor` must be the SD VAE's 0.18215 (ALGORITHM.md §10). An
   SDXL VAE has exactly the SD layout, so its config is the only thing that
   tells it apart: its 0.13025 (and SD3/Flux's values) are refused, because
   ilct_jax scales latents by `autoencoder.SCALING_FACTOR` = 0.18215.

@@ -2,7 +2,7 @@
 
 This is the network of TensorFlow's 2015-12-05 Inception graph that
 pytorch-fid ported (`pt_inception-2015-12-05-*.pth`), which the paper's
-evaluation uses for FID (ALGORITHM.md 15). It is torchvision's InceptionV3
+evaluation uses for FID (ALGORITHM.md §15). It is torchvision's InceptionV3
 with 1008 classes, no auxiliary head and these FID-specific changes
 (pytorch-fid `inception.py`, `FIDInception{A,C,E_1,E_2}`):
 

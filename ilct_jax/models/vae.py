@@ -3,7 +3,7 @@
 This module owns the network and its on-disk format; `convert_vae.py` turns
 diffusers weights into that format and `autoencoder.py` runs it over a mesh.
 
-Architecture (ALGORITHM.md section 10; the VAE of `stabilityai/sd-vae-ft-ema`,
+Architecture (ALGORITHM.md §10; the VAE of `stabilityai/sd-vae-ft-ema`,
 as diffusers' `AutoencoderKL` builds it):
 
 * Encoder: 3x3 conv_in, one down block per entry of `block_out_channels`

@@ -3,7 +3,7 @@
 tfds' own `celeb_a_hq` needs the original CelebA + delta files and a long
 TF1-era recreation step; users of latent models hold the images already
 (30,000 JPG/PNG files, 1024 or 256 pixels). The paper trained on 27,000 of
-them (ALGORITHM.md section 10: "celebhq256 = 27,000"), most likely the common
+them (ALGORITHM.md §10: "celebhq256 = 27,000"), most likely the common
 27k/3k train/validation split: put those in train/ (the rest in validation/)
 to reproduce it, or all 30,000 images flat to use everything as "train".
 """
