@@ -272,3 +272,79 @@ def test_load_run_from_config_json_params_and_one_ema(golden, tmp_path):
   with pytest.raises(ValueError, match="EMA decay 0.5 is not tracked"):
     checkpointing.load_run(workdir, what="ema", ema_decay=0.5)
   assert storage.exists(os.path.join(workdir, "config.json"))
+
+
+class _Writers:
+  """Stands in for reporting.Writers: records images."""
+
+  def __init__(self):
+    self.images = []
+    self.all = self
+
+  def write_images(self, step, images):
+    self.images.append((step, sorted(images)))
+
+
+def _compiles(fn) -> list[str]:
+  """Names of the programs XLA compiled while `fn()` ran."""
+  records = []
+
+  class Handler(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if "Finished XLA compilation" in message or "Compiling " in message:
+        records.append(message[:120])
+
+  handler = Handler(level=logging.DEBUG)
+  logger = logging.getLogger("jax")
+  logger.addHandler(handler)
+  old = logger.level
+  logger.setLevel(logging.DEBUG)
+  try:
+    with jax.log_compiles(True):
+      fn()
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+  return records
+
+
+def test_second_sample_grid_and_second_save_compile_nothing(golden, tmp_path):
+  config, state = golden["config"], golden["final"]
+  writers = _Writers()
+  workdir = str(tmp_path)
+  first = _compiles(
+    lambda: train.write_samples(config, state, writers, workdir, 1)
+  )
+  second = _compiles(
+    lambda: train.write_samples(config, state, writers, workdir, 2)
+  )
+  assert first and not second, second  # The first grid did compile.
+  assert [s for s, _ in writers.images] == [1, 1, 2, 2]
+  mngr = checkpointing.create_manager(workdir, config.train)
+  try:
+    meta = {"total_steps": 6}
+    save = lambda k: checkpointing.save(mngr, state, meta, step=k, force=True)
+    _compiles(lambda: save(1))
+    assert not _compiles(lambda: save(2))
+    mngr.wait_until_finished()
+    assert mngr.all_steps() == [1, 2]
+  finally:
+    mngr.close()
+
+
+def test_config_json_round_trip_keeps_the_run_with_overrides(tmp_path):
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.ema.decays = (0.9, 0.95)  # As --config.ema.decays=(0.9,0.95).
+  config.sample.ema_decay = 0.95
+  config.ct.loss = "huber"
+  checkpointing.write_config(config, str(tmp_path))
+  back = checkpointing.read_config(str(tmp_path))
+  assert back.ema.decays == (0.9, 0.95) and back.ct.loss == "huber"
+  assert back.model.channel_mult == (1, 2)  # Tuples stay tuples.
+  assert train.run_meta(back, 1797) == train.run_meta(config, 1797)
+  assert checkpointing.config_json(back) == checkpointing.config_json(config)
+  a, b = state_lib.abstract_state(back), state_lib.abstract_state(config)
+  assert jax.tree.structure(a) == jax.tree.structure(b)

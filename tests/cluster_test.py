@@ -24,6 +24,9 @@ ARGS = [
   "--config=configs/tiny.py",
   f"--config.train.num_steps={STEPS}",
   "--config.train.ckpt_every=8",
+  # Overrides that --mode=sample must read back from config.json.
+  "--config.ema.decays=(0.9,0.95)",
+  "--config.sample.ema_decay=0.95",
 ]
 
 
@@ -185,6 +188,7 @@ def test_single_process_sigterm_saves_and_a_finished_run_exits_at_once(
 
 
 def test_two_process_sample_mode_reads_config_json(runs, tmp_path):
+  """--mode=sample with only --workdir on a run trained with overrides."""
   two = Cluster(tmp_path, "sample", processes=2, devices=2)
   try:
     two.start(["--mode=sample", f"--workdir={runs['two']}"])
@@ -194,8 +198,8 @@ def test_two_process_sample_mode_reads_config_json(runs, tmp_path):
   pngs = sorted(glob.glob(os.path.join(runs["two"], "samples", "*_step24_*")))
   names = [os.path.basename(p) for p in pngs]
   assert names == [
-    "onestep_step24_ema0.9.npz",
-    "onestep_step24_ema0.9.png",
-    "twostep_step24_ema0.9.npz",
-    "twostep_step24_ema0.9.png",
+    "onestep_step24_ema0.95.npz",
+    "onestep_step24_ema0.95.png",
+    "twostep_step24_ema0.95.npz",
+    "twostep_step24_ema0.95.png",
   ]
