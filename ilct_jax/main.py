@@ -10,10 +10,10 @@ mode. `--mode=sample` and `--mode=eval` read the run's config.json when no
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from ilct_jax import checkpointing, parallel, preemption, reporting, train
+from ilct_jax import checkpointing, cli, parallel, preemption, reporting, train
 from ilct_jax.evaluation import evaluate, generate
 
 MODES = ("train", "sample", "eval")
@@ -30,34 +30,15 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["workdir"])
 
 
-def run_config():
-  """--config, or for sample/eval without it: config.json + overrides."""
-  if FLAGS.mode == "train" or FLAGS["config"].present:
-    return FLAGS.config
-  config = checkpointing.read_config(FLAGS.workdir)
-  for name in FLAGS:
-    if name.startswith("config.") and FLAGS[name].present:
-      node, *path, leaf = [config, *name.split(".")[1:]]
-      for key in path:
-        node = node[key]
-      value = FLAGS[name].value
-      node[leaf] = tuple(value) if isinstance(value, list) else value
-  return config
-
-
 def main(argv):
   del argv
   jax.config.update("jax_threefry_partitionable", True)
   reporting.quiet_tensorflow()  # Before anything imports it.
   checkpointing.quiet_orbax_logs()
-  parallel.initialize_cluster(
-    FLAGS.distributed,
-    FLAGS.coordinator_address,
-    FLAGS.num_processes,
-    FLAGS.process_id,
-    FLAGS.local_device_ids,
-  )
-  config, workdir = run_config(), FLAGS.workdir
+  cli.start_cluster(FLAGS)
+  workdir, config = FLAGS.workdir, FLAGS.config
+  if FLAGS.mode != "train" and not FLAGS["config"].present:
+    config = cli.config_of_run(FLAGS, workdir)
   if FLAGS.mode == "train":
     try:
       train.train_and_evaluate(config, workdir)
@@ -70,21 +51,6 @@ def main(argv):
     evaluate.run(config, workdir)
 
 
-def run_or_explain_config_error() -> None:
-  """app.run(main), with a --config override typo reported in one line."""
-  try:
-    app.run(main)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if FLAGS.is_parsed():
-      raise  # Not a flag-parsing problem: keep the full traceback.
-    msg = str(e).replace("\\n", " ").replace("\\'", "'")
-    msg = " ".join(msg.replace("'", "").split())
-    sys.exit(
-      f"error: bad --config override ({msg}); every field and its meaning "
-      "is listed in configs/default.py"
-    )
-
-
 if __name__ == "__main__":
   define_flags()
-  run_or_explain_config_error()
+  cli.run(main)

@@ -21,7 +21,7 @@ import time
 
 import jax
 
-from ilct_jax import checkpointing, main, train
+from ilct_jax import checkpointing, cli, main, train
 
 _ENV = os.environ
 
@@ -87,4 +87,4 @@ if __name__ == "__main__":
     runpy.run_module("ilct_jax.data.encode", run_name="__main__")
   else:
     main.define_flags()
-    main.run_or_explain_config_error()
+    cli.run(main.main)

@@ -8,30 +8,82 @@ from ilct_jax import config_checks, consistency, train
 from ilct_jax import state as state_lib
 from ilct_jax.models import unet
 
+# The verified CelebA-HQ run (ALGORITHM.md §11a, §12, §13, §14, §15, §18):
+# config field -> the value the authors' run used.
+VERIFIED_RUN = {
+  "data.image_size": 32,  # 4x32x32 latents of 256x256 images.
+  "data.channels": 4,
+  "model.name": "dhariwal_unet",
+  "model.model_channels": 128,
+  "model.channel_mult": (1, 2, 3, 4),
+  "model.num_blocks": 4,
+  "model.attn_resolutions": (16, 8),
+  "model.head_channels": 64,
+  "model.dropout": 0.0,
+  "model.norm": "nsln",
+  "ct.sigma_min": 0.002,
+  "ct.sigma_max": 80.0,
+  "ct.sigma_data": 0.5,
+  "ct.rho": 7.0,
+  "ct.p_mean": -1.1,
+  "ct.p_std": 2.0,
+  "ct.start_scales": 10,
+  "ct.end_scales": 640,
+  "ct.index_sampler": "lognormal",
+  "ct.weighting": "ict",
+  "ct.loss": "cauchy",
+  "ct.c_schedule": "adaptive",
+  "ct.c": 0.0,  # 0 = c0 = 0.00054 * sqrt(4096) = 0.03456.
+  "ct.c_mult": 1.0,
+  "ct.diffusion_loss": True,
+  "ct.diffusion_weight": 5.0,
+  "ct.diffusion_threshold": 0.75,
+  "coupling.method": "exact",
+  "coupling.scope": "global",  # One GPU: pairing over all 128.
+  "optim.name": "radam",
+  "optim.lr": 1e-4,
+  "optim.b1": 0.9,
+  "optim.b2": 0.999,
+  "optim.eps": 1e-8,
+  "optim.weight_decay": 1e-4,
+  "train.batch_size": 128,
+  "train.epochs": 1400,
+  "sample.ema_decay": 0.99993,
+  "sample.grid_scales": 640,
+  "sample.ts": (0, 420, 640),
+  "eval.num_samples": 50_000,
+  "eval.seed": 42,
+  "eval.protocol": "paper",
+  "eval.inception_size": 299,
+  "eval.samplers": ("onestep", "twostep"),
+}
 
-def test_celeba_is_the_verified_run():
+
+def test_celeba_config_is_the_verified_run_field_by_field():
+  c = celeba.get_config()
+  wrong = {
+    path: (c[path.split(".")[0]][path.split(".")[1]], want)
+    for path, want in VERIFIED_RUN.items()
+    if c[path.split(".")[0]][path.split(".")[1]] != want
+  }
+  assert not wrong, wrong  # field: (config, published)
+  assert 0.99993 in c.ema.decays  # The EMA of the paper's numbers.
+  assert c.data.source == "latents" and c.vae.path.endswith("sd-vae-ft-ema")
+  config_checks.check_names(c)
+
+
+def test_celeba_schedule_numbers():
   c = celeba.get_config()
   steps = train.total_steps(c, 27_000)
   assert steps == 294_000  # 210 steps/epoch * 1400 epochs.
   # 7 equal stages of 42,000 steps: N = 11, 21, ..., 641.
-  assert int(consistency.num_scales(41_999, steps, 10, 640)) == 11
-  assert int(consistency.num_scales(42_000, steps, 10, 640)) == 21
-  assert int(consistency.num_scales(252_000, steps, 10, 640)) == 641
-  assert (c.ct.loss, c.ct.c_schedule, c.model.norm) == (
-    "cauchy",
-    "adaptive",
-    "nsln",
-  )
-  assert c.ct.diffusion_loss and c.ct.diffusion_weight == 5.0
-  assert c.ct.diffusion_threshold == 0.75 and c.coupling.method == "exact"
-  assert (c.optim.name, c.optim.lr, c.optim.weight_decay) == (
-    "radam",
-    1e-4,
-    1e-4,
-  )
-  assert c.model.dropout == 0.0 and 0.99993 in c.ema.decays
-  assert tuple(c.sample.ts) == (0, 420, 640)
-  config_checks.check_names(c)
+  ct = c.ct
+  n = lambda k: int(consistency.num_scales(k, steps, ct.start_scales, 640))
+  assert [n(42_000 * s) for s in range(7)] == [11, 21, 41, 81, 161, 321, 641]
+  assert n(41_999) == 11 and n(293_999) == 641
+  assert consistency.c0(4096) == pytest.approx(0.03456, rel=1e-6)
+  sig = consistency.karras_grid(641, 641, ct.sigma_min, ct.sigma_max, ct.rho)
+  assert float(sig[420]) == pytest.approx(0.5286, abs=1e-4)
 
 
 @pytest.mark.parametrize("module", [celeba, lsun_church, ffhq, ilct_baseline])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import consistency, coupling, parallel, rng
+from ilct_jax import consistency, coupling, losses, optim, parallel, rng
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 
@@ -140,3 +140,97 @@ def test_loss_matches_hand_computation(tiny_config):
   diff = jnp.sum(d * mask) / jnp.maximum(jnp.sum(mask), 1)
   assert float(m["ct_loss"]) == pytest.approx(float(ct_loss), rel=1e-4)
   assert float(m["diff_loss"]) == pytest.approx(float(diff), rel=1e-4)
+
+
+def _nonzero_output(params):
+  """Params whose zero-initialized convs are made non-zero (so the network
+  output, and with it the teacher's, depends on every layer)."""
+  leaves, tree = jax.tree.flatten(params)
+  rng = np.random.default_rng(3)
+  leaves = [
+    jnp.where(x == 0, 0.05 * rng.standard_normal(x.shape), x).astype(x.dtype)
+    for x in leaves
+  ]
+  return jax.tree.unflatten(tree, leaves)
+
+
+def test_teacher_is_a_constant_for_the_gradient(tiny_config, monkeypatch):
+  """ALGORITHM.md §5: grad of the step's loss == grad with the teacher's
+  output computed beforehand as a constant; without stop_gradient it would
+  differ (checked, so this test can fail)."""
+  c = tiny_config
+  model = state_lib.create_model(c)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  params = _nonzero_output(
+    jax.device_get(state_lib.create_train_state(c, mesh).params)
+  )
+  x0 = jnp.asarray(_batch(c))
+  noise = jax.random.normal(jax.random.key(1), x0.shape)
+  num = jnp.int32(11)
+  sigmas = consistency.karras_grid(num, 41, 0.002, 80.0, 7.0)
+  idx = jnp.arange(x0.shape[0]) % 10
+  cc = jnp.float32(0.00054 * 8)
+  key = jax.random.key(2)
+  args = (model.apply, x0, noise, idx, sigmas, num, cc, key, c.ct)
+  loss = lambda p: step_lib._ct_loss(p, *args)[0]
+  g_step = jax.grad(loss)(params)
+
+  t, r = sigmas[idx], sigmas[idx + 1]
+  f = lambda p, x, s: consistency.consistency_fn(
+    model.apply, p, x, s, c.ct, train=True
+  )
+  target = f(params, x0 + r[:, None, None, None] * noise, r)  # A constant.
+
+  def by_hand(p):
+    online = f(p, x0 + t[:, None, None, None] * noise, t)
+    w = 1.0 / (t - r)
+    ct_loss = losses.consistency_loss("cauchy", online, target, w, cc)
+    mask = losses.diffusion_mask(idx, num, 0.75)
+    diff = losses.diffusion_loss(online, x0, t, mask, 0.5)
+    return ct_loss + 5.0 * diff
+
+  g_const = jax.grad(by_hand)(params)
+  # Two float32 evaluations of the same gradient: rounding-level agreement.
+  chex.assert_trees_all_close(g_step, g_const, rtol=1e-4, atol=1e-6)
+  monkeypatch.setattr(jax.lax, "stop_gradient", lambda x: x)
+  g_through = jax.grad(loss)(params)
+  monkeypatch.undo()
+  num_diff = sum(
+    float(jnp.sum(jnp.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(g_through), jax.tree.leaves(g_step))
+  )
+  total = sum(float(jnp.sum(jnp.abs(a))) for a in jax.tree.leaves(g_step))
+  assert num_diff > 1e-2 * total  # The teacher's gradient would matter.
+
+
+def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
+  """ALGORITHM.md §12: ema <- d * ema + (1 - d) * theta_new, for each d;
+  a non-finite step changes nothing."""
+  c = tiny_config
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = state_lib.create_train_state(c, mesh)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(
+    lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), state.params
+  )
+  emas = tuple(
+    jax.tree.map(lambda x, k=k: x + 0.1 * (k + 1), state.params)
+    for k in range(len(state.ema_decays))
+  )
+  state = state.replace(ema_params=emas)
+  before = jax.device_get(state)
+  tx = optim.create_optimizer(c.optim)
+  new = state.apply_gradients(tx, grads, jnp.bool_(True))
+  updates, _ = tx.update(grads, before.opt_state, before.params)
+  theta = jax.tree.map(lambda p, u: p + u, before.params, updates)
+  chex.assert_trees_all_close(new.params, theta, rtol=1e-6, atol=1e-7)
+  for d, old, got in zip(c.ema.decays, before.ema_params, new.ema_params):
+    want = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, old, theta)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+  assert int(new.step) == 1 and int(new.nonfinite) == 0
+  skipped = state.apply_gradients(tx, grads, jnp.bool_(False))
+  chex.assert_trees_all_equal(
+    jax.device_get(skipped.ema_params), before.ema_params
+  )
+  chex.assert_trees_all_equal(jax.device_get(skipped.params), before.params)
+  assert int(skipped.step) == 1 and int(skipped.nonfinite) == 1

@@ -42,7 +42,7 @@ from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilct_jax import parallel, rng, storage
+from ilct_jax import cli, parallel, rng, storage
 from ilct_jax.data import latents, tfds_images
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
@@ -401,13 +401,7 @@ def _main(argv: list[str]) -> None:
   flags_ = flags.FLAGS
   # As main.py: the noise of a key must not depend on the JAX default.
   jax.config.update("jax_threefry_partitionable", True)
-  parallel.initialize_cluster(
-    flags_.distributed,
-    flags_.coordinator_address,
-    flags_.num_processes,
-    flags_.process_id,
-    flags_.local_device_ids,
-  )
+  cli.start_cluster(flags_)
   config = flags_["config"].value
   out_dir = flags_.workdir or config.data.latent_dir
   if not out_dir:

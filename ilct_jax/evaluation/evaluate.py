@@ -25,6 +25,7 @@ from absl import flags, logging
 from ilct_jax import (
   checkpointing,
   choices,
+  cli,
   parallel,
   reporting,
   sampling,
@@ -270,13 +271,7 @@ def main(argv: list[str]) -> None:
   del argv
   cfg = flags.FLAGS
   jax.config.update("jax_threefry_partitionable", True)
-  parallel.initialize_cluster(
-    cfg.distributed,
-    cfg.coordinator_address,
-    cfg.num_processes,
-    cfg.process_id,
-    cfg.local_device_ids,
-  )
+  cli.start_cluster(cfg)
   feats = dataset_reference(
     cfg.config, cfg.stats_out, cfg.features_out, cfg.num
   )
