@@ -4,6 +4,7 @@ import os
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # Tests compile many small programs; LLVM's expensive passes cost ~30% of the
 # compile time and buy nothing for tensors this small.
@@ -17,11 +18,15 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_threefry_partitionable", True)
-# Identical programs recur across tests (the tiny train step on 8 devices):
-# a per-session persistent cache compiles each of them once.
-_CACHE = os.environ.get("ILCT_TEST_JAX_CACHE") or tempfile.mkdtemp(
-  prefix="ilct_jax_cache_"
+# Identical programs recur across tests (the tiny train step on 8 devices)
+# and across the xdist workers of one run: a persistent cache shared by the
+# run's workers (and passed to subprocesses, tests/cluster.py) compiles each
+# of them once.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+_CACHE = os.environ.get("ILCT_TEST_JAX_CACHE") or os.path.join(
+  tempfile.gettempdir(), f"ilct_jax_cache_{_RUN}"
 )
+os.makedirs(_CACHE, exist_ok=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
