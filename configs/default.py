@@ -81,7 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- coupling
   config.coupling = coupling = ml_collections.ConfigDict()
   coupling.method = "exact"  # exact | sinkhorn | none (ALGORITHM.md §9).
-  coupling.scope = "global"  # global (whole batch) | shard (per device).
+  # global (whole batch) | shard (per device) | auto (global up to 512
+  # examples, per device above: exact OT grows ~cubically, ALGORITHM.md §9).
+  coupling.scope = "auto"
   coupling.epsilon = 0.01  # Sinkhorn entropic regularization (relative).
   coupling.iterations = 200  # Sinkhorn iterations (fixed, so it jits).
 

@@ -42,7 +42,21 @@ from ott.tools import unreg
 from ilct_jax import choices
 
 METHODS = ("exact", "sinkhorn", "none")
-SCOPES = ("global", "shard")
+SCOPES = ("global", "shard", "auto")
+# `auto` pairs over the whole batch up to this many examples, per device
+# shard above it: the exact solver's cost grows about cubically with the
+# batch (benchmark --mode=ot: ~2 ms at 128, ~50 ms at 512 and seconds at
+# 1536 on the 2-core CPU), while the reference itself paired per GPU in its
+# multi-GPU runs (ALGORITHM.md §9, §13).
+AUTO_GLOBAL_MAX = 512
+
+
+def resolve_scope(scope: str, batch: int) -> str:
+  """The scope a configured `coupling.scope` means for a global batch."""
+  if scope != "auto":
+    return scope
+  return "global" if batch <= AUTO_GLOBAL_MAX else "shard"
+
 
 # ott-jax's default Sinkhorn convergence-check period (Sinkhorn.__init__).
 _MAX_INNER_ITERATIONS = 10
@@ -354,8 +368,9 @@ def pair(
     x: data, [B, ...] (the global batch; may be sharded over `axis`).
     z: noise, same shape as x.
     method: one of METHODS; "none" returns z unchanged.
-    scope: "global" (one assignment over the whole batch) or "shard" (each
-      device pairs its own shard under jax.shard_map; needs `mesh`).
+    scope: "global" (one assignment over the whole batch), "shard" (each
+      device pairs its own shard under jax.shard_map; needs `mesh`) or
+      "auto" (global up to AUTO_GLOBAL_MAX examples, else shard).
     mesh: the device mesh; required for "shard". For "global" it is optional
       and makes the solver run on a replicated copy, with the result sharded
       back over `axis`.
@@ -371,6 +386,7 @@ def pair(
   _check_solver_args(epsilon, iterations)
   if method == "none":
     return z
+  scope = resolve_scope(scope, x.shape[0])
   if scope == "shard":
     return _pair_shard(x, z, mesh, axis, (method, epsilon, iterations))
   return _pair_global(x, z, mesh, axis, (method, epsilon, iterations))

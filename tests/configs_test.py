@@ -4,7 +4,7 @@ import jax
 import pytest
 
 from configs import celeba, demo, ffhq, ilct_baseline, lsun_church
-from ilct_jax import config_checks, consistency, train
+from ilct_jax import config_checks, consistency, coupling, train
 from ilct_jax import state as state_lib
 from ilct_jax.models import unet
 
@@ -39,7 +39,7 @@ VERIFIED_RUN = {
   "ct.diffusion_weight": 5.0,
   "ct.diffusion_threshold": 0.75,
   "coupling.method": "exact",
-  "coupling.scope": "global",  # One GPU: pairing over all 128.
+  "coupling.scope": "auto",  # = global at 128: one GPU paired all 128.
   "optim.name": "radam",
   "optim.lr": 1e-4,
   "optim.b1": 0.9,
@@ -68,6 +68,7 @@ def test_celeba_config_is_the_verified_run_field_by_field():
   }
   assert not wrong, wrong  # field: (config, published)
   assert 0.99993 in c.ema.decays  # The EMA of the paper's numbers.
+  assert coupling.resolve_scope(c.coupling.scope, 128) == "global"
   assert c.data.source == "latents" and c.vae.path.endswith("sd-vae-ft-ema")
   config_checks.check_names(c)
 

@@ -197,7 +197,7 @@ def test_bad_names_and_arguments_raise_clear_errors():
   with pytest.raises(ValueError) as err:
     coupling.validate("exact", "world")
   assert str(err.value) == (
-    "coupling.scope='world' is unknown; choose one of global, shard"
+    "coupling.scope='world' is unknown; choose one of global, shard, auto"
   )
   x, z = _gaussians(0, (16, 4))
   with pytest.raises(ValueError, match="method='hungarian' is unknown"):
@@ -248,3 +248,11 @@ def test_benchmark_reports_figures():
     assert figures[f"{name}_median_s"] > 0
     assert figures[f"{name}_first_call_s"] >= figures[f"{name}_median_s"]
   assert (figures["batch"], figures["dim"]) == (8, 16)
+
+
+def test_auto_scope_is_global_up_to_512_and_per_shard_above():
+  assert coupling.resolve_scope("auto", 128) == "global"
+  assert coupling.resolve_scope("auto", 512) == "global"
+  assert coupling.resolve_scope("auto", 1536) == "shard"
+  assert coupling.resolve_scope("global", 4096) == "global"
+  assert coupling.resolve_scope("shard", 16) == "shard"
