@@ -88,11 +88,10 @@ def test_ablation_is_one_override_and_runs(overrides, check):
       assert got == float(value)
     else:
       assert str(got) == value
-  # Keep 15 compiles cheap: a one-level UNet (attention stays on), no EMA
-  # trees, and one device unless the case is about device shards (the
-  # 8-device step itself is covered by step_test.py).
+  # Keep 15 compiles cheap: the tiny one-level UNet with attention in its
+  # blocks too, no EMA trees, and one device unless the case is about
+  # device shards (the 8-device step itself is covered by step_test.py).
   config.unlock()
-  config.model.channel_mult = (1,)
   config.model.attn_resolutions = (8,)
   config.ema.decays = ()
   sharded = config.coupling.scope == "shard"

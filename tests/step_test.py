@@ -173,7 +173,7 @@ def test_teacher_is_a_constant_for_the_gradient(tiny_config, monkeypatch):
   key = jax.random.key(2)
   args = (model.apply, x0, noise, idx, sigmas, num, cc, key, c.ct)
   loss = lambda p: step_lib._ct_loss(p, *args)[0]
-  g_step = jax.grad(loss)(params)
+  g_step = jax.jit(jax.grad(loss))(params)
 
   t, r = sigmas[idx], sigmas[idx + 1]
   f = lambda p, x, s: consistency.consistency_fn(
@@ -189,11 +189,11 @@ def test_teacher_is_a_constant_for_the_gradient(tiny_config, monkeypatch):
     diff = losses.diffusion_loss(online, x0, t, mask, 0.5)
     return ct_loss + 5.0 * diff
 
-  g_const = jax.grad(by_hand)(params)
+  g_const = jax.jit(jax.grad(by_hand))(params)
   # Two float32 evaluations of the same gradient: rounding-level agreement.
   chex.assert_trees_all_close(g_step, g_const, rtol=1e-4, atol=1e-6)
   monkeypatch.setattr(jax.lax, "stop_gradient", lambda x: x)
-  g_through = jax.grad(loss)(params)
+  g_through = jax.jit(jax.grad(loss))(params)
   monkeypatch.undo()
   num_diff = sum(
     float(jnp.sum(jnp.abs(a - b)))
@@ -220,15 +220,16 @@ def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
   state = state.replace(ema_params=emas)
   before = jax.device_get(state)
   tx = optim.create_optimizer(c.optim)
-  new = state.apply_gradients(tx, grads, jnp.bool_(True))
-  updates, _ = tx.update(grads, before.opt_state, before.params)
+  apply = jax.jit(lambda s, g, ok: s.apply_gradients(tx, g, ok))
+  new = apply(state, grads, jnp.bool_(True))
+  updates, _ = jax.jit(tx.update)(grads, before.opt_state, before.params)
   theta = jax.tree.map(lambda p, u: p + u, before.params, updates)
   chex.assert_trees_all_close(new.params, theta, rtol=1e-6, atol=1e-7)
   for d, old, got in zip(c.ema.decays, before.ema_params, new.ema_params):
     want = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, old, theta)
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
   assert int(new.step) == 1 and int(new.nonfinite) == 0
-  skipped = state.apply_gradients(tx, grads, jnp.bool_(False))
+  skipped = apply(state, grads, jnp.bool_(False))
   chex.assert_trees_all_equal(
     jax.device_get(skipped.ema_params), before.ema_params
   )
