@@ -79,7 +79,9 @@ def test_two_processes_agree_with_one_process(runs):
   # Same data, noise, pairing and program on 4 devices; only where the
   # gradient all-reduce runs differs (in-process vs gloo across processes).
   # Summation order can move the last float32 bits, and 24 updates can
-  # amplify that, so the tolerance is relative 1e-5 (measured: equal).
+  # amplify that, so the tolerance is relative 1e-5 (measured on the 2-core
+  # machine: losses within 1.4e-7 relative, parameters within 7.5e-9 of
+  # values up to 0.33, 16 of 58 arrays bit-identical).
   np.testing.assert_allclose(
     [two[k] for k in sorted(two)], [one[k] for k in sorted(one)], rtol=1e-5
   )
