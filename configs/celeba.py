@@ -24,11 +24,15 @@ Command:
   python -m ilct_jax.main --config=configs/celeba.py --workdir=runs/celeba
 
 Hardware: the reference ran on one GPU; here any device count works (global
-batch 128 must divide over the devices; coupling.scope=global keeps the
-single-GPU OT semantics). Wall time: not measured here (no accelerator was
-available when this config was written); `python -m ilct_jax.benchmark
---config=configs/celeba.py` prints steps/s on your hardware, and
-294,000 / steps_per_s is the training time.
+batch 128 must divide over the devices; coupling.scope=auto pairs all 128
+together, the single-GPU OT semantics). Precision: float32 (model.dtype), as
+the authors trained (fp32 with TF32 matmuls), on any hardware; on H100/H200
+GPUs and TPUs --config.model.dtype=bfloat16 runs convolutions, dense layers
+and attention in bf16 (norm statistics, loss, OT, optimizer and EMAs stay
+float32), untested against the paper's FID. Wall time: not measured here (no
+accelerator was available when this config was written); `python -m
+ilct_jax.benchmark --config=configs/celeba.py` prints steps/s and the
+projected wall time on your hardware.
 
 Uncertain: the authors picked the best of epochs 1300-1400 and of several
 EMAs; the FID reference folder may hold 30k real images (ALGORITHM.md §15, §17).

@@ -21,7 +21,9 @@ Uncertain (ALGORITHM.md §13, §17): the `ot`-branch FFHQ script (2 GPUs, batch
 256, 1400 epochs) logged only FID 13-16, and a master script used batch 1536 and
 1750 epochs; neither is known to have produced 8.72. This config follows the
 paper's stated batch 128 and 1.4K epochs with the CelebA recipe. Hardware:
-not pinned down. Wall time: not measured here.
+not pinned down. Precision: float32 as the authors; bfloat16 on H100/H200
+and TPUs is an option, untested against the paper's FID. Wall time: not
+measured here.
 """
 
 import ml_collections
