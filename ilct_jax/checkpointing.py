@@ -218,6 +218,35 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
+def _candidates(mngr, step: int | None) -> list[int]:
+  """The steps to try, newest first (only `step` when one is asked for)."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(
+      f"no checkpoint under {mngr.directory}; train first (--mode=train)"
+    )
+  if step is None:
+    return steps
+  if step not in steps:
+    raise FileNotFoundError(
+      f"checkpoint step {step} not found under {mngr.directory}; "
+      f"available: {sorted(steps)}"
+    )
+  return [step]
+
+
+def _try_restore(mngr, step: int, abstract, config):
+  """(state, meta, None) if `step` passes verification, else (.., why)."""
+  try:
+    _check_tree(mngr, step, abstract, config)
+    state, meta = _restore_one(mngr, step, abstract)
+    return state, meta, integrity.verify(state, meta.get("checksums"))
+  except CheckpointMismatchError:
+    raise
+  except Exception as e:  # noqa: BLE001 - any read failure is damage.
+    return None, None, _first_line(e)
+
+
 def restore(
   mngr: ocp.CheckpointManager,
   config: ml_collections.ConfigDict,
@@ -245,28 +274,9 @@ def restore(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
     target,
   )
-  steps = sorted(mngr.all_steps(), reverse=True)
-  if not steps:
-    raise FileNotFoundError(
-      f"no checkpoint under {mngr.directory}; train first (--mode=train)"
-    )
-  if step is not None:
-    if step not in steps:
-      raise FileNotFoundError(
-        f"checkpoint step {step} not found under {mngr.directory}; "
-        f"available: {sorted(steps)}"
-      )
-    steps = [step]
   read_only = mngr._options.read_only  # noqa: SLF001 - no public getter.
-  for s in steps:
-    try:
-      _check_tree(mngr, s, abstract, config)
-      state, meta = _restore_one(mngr, s, abstract)
-      why = integrity.verify(state, meta.get("checksums"))
-    except CheckpointMismatchError:
-      raise
-    except Exception as e:  # noqa: BLE001 - any read failure is damage.
-      why = _first_line(e)
+  for s in _candidates(mngr, step):
+    state, meta, why = _try_restore(mngr, s, abstract, config)
     if why is None:
       logging.info("Restored checkpoint step %d from %s", s, mngr.directory)
       return state, meta

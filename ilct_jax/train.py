@@ -114,9 +114,37 @@ def _resume(config, mesh, mngr, meta):
   if mngr.latest_step() is None:
     return None
   abstract = state_lib.abstract_sharded_state(config, mesh)
-  state, saved = checkpointing.restore(mngr, config, abstract)
-  checkpointing.check_meta(saved, meta)
+  try:
+    state, saved = checkpointing.restore(mngr, config, abstract)
+    checkpointing.check_meta(saved, meta)
+  except Exception:
+    mngr.close()  # A refused resume leaves no orbax threads behind.
+    raise
   return state
+
+
+def _log_plan(config, meta, mesh, start: int) -> None:
+  logging.info(
+    "Training steps %d..%d (%d examples, global batch %d over %d devices "
+    "in %d processes)",
+    start,
+    meta["total_steps"],
+    meta["num_examples"],
+    config.train.batch_size,
+    mesh.size,
+    jax.process_count(),
+  )
+
+
+def _start_logs(config, workdir, state, start: int) -> reporting.Writers:
+  """The writers; at step 0 also the config and the parameter overview."""
+  writers = create_writer(workdir)
+  if start == 0:
+    writers.hparams(config)
+    if jax.process_index() == 0:
+      overview = reporting.parameter_overview(jax.device_get(state.params))
+      logging.info("Parameters:\n%s", overview)
+  return writers
 
 
 def train_and_evaluate(
@@ -144,64 +172,30 @@ def train_and_evaluate(
   config_checks.check_all(config, workdir, num_devices=mesh.size)
   if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
-  n_examples = pipeline.num_examples(config)
-  meta = run_meta(config, n_examples)
+  meta = run_meta(config, pipeline.num_examples(config))
   steps = meta["total_steps"]
   mngr = checkpointing.create_manager(workdir, config.train)
-  try:
-    state = _resume(config, mesh, mngr, meta)
-  except Exception:
-    mngr.close()  # A refused resume leaves no orbax threads behind.
-    raise
+  state = _resume(config, mesh, mngr, meta)
   start = 0 if state is None else int(jax.device_get(state.step))
   if start >= steps:
-    logging.info(
-      "Run complete: step %d of %d is checkpointed in %s; nothing to do",
-      start,
-      steps,
-      workdir,
-    )
+    logging.info("Run complete: step %d of %d; nothing to do", start, steps)
     mngr.close()
     return state
-  logging.info(
-    "Training steps %d..%d (%d examples, global batch %d over %d devices "
-    "in %d processes)",
-    start,
-    steps,
-    n_examples,
-    config.train.batch_size,
-    mesh.size,
-    jax.process_count(),
-  )
+  _log_plan(config, meta, mesh, start)
   checkpointing.write_config(config, workdir)  # Only after the checks.
   if state is None:
     state = state_lib.create_train_state(config, mesh)
-  writers = create_writer(workdir)
-  if start == 0:
-    writers.hparams(config)
-    if jax.process_index() == 0:
-      overview = reporting.parameter_overview(jax.device_get(state.params))
-      logging.info("Parameters:\n%s", overview)
+  writers = _start_logs(config, workdir, state, start)
   train_fn = compile_step(config, mesh, state, steps)
   writers.all.write_scalars(start, getattr(train_fn, "stats", {}))
   run = _Run(config, workdir, mngr, meta, writers, train_fn)
-  batches = pipeline.create_iterator(config, mesh, start_step=start)
-  watcher = preemption.Watcher()
-  try:
-    state, stopped = run.loop(state, batches, start, watcher)
-  finally:
-    watcher.close()
-    batches.close()
-    mngr.wait_until_finished()  # Let an in-flight save finish, even on error.
-  final = int(jax.device_get(state.step))
-  checkpointing.save(mngr, state, meta, step=final, force=True)
-  mngr.close()  # Waits for the save, then releases orbax's threads.
+  state, stopped = run.run(state, mesh, start)
   if not stopped and config.train.sample_every:
     if steps % config.train.sample_every:
       write_samples(config, state, writers, workdir, steps)
   writers.close()
   if stopped:
-    raise preemption.Preempted(final)
+    raise preemption.Preempted(int(jax.device_get(state.step)))
   return state
 
 
@@ -216,6 +210,21 @@ class _Run:
       self.steps, config.train.batch_size, writers
     )
     self.profiler = reporting.make_profiler(config.train, workdir)
+
+  def run(self, state, mesh, start: int) -> tuple[Any, bool]:
+    """The loop with its input, SIGTERM watcher and final checkpoint."""
+    batches = pipeline.create_iterator(self.config, mesh, start_step=start)
+    watcher = preemption.Watcher()
+    try:
+      state, stopped = self.loop(state, batches, start, watcher)
+    finally:
+      watcher.close()
+      batches.close()
+      self.mngr.wait_until_finished()  # An in-flight save ends, even on error.
+    final = int(jax.device_get(state.step))
+    checkpointing.save(self.mngr, state, self.meta, step=final, force=True)
+    self.mngr.close()  # Waits for the save, then releases orbax's threads.
+    return state, stopped
 
   def loop(self, state, batches, start: int, stop) -> tuple[Any, bool]:
     """Runs steps start..total; returns (state, stopped early)."""

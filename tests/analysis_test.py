@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import analysis, checkpointing, consistency, train
+from ilct_jax import analysis, checkpointing, consistency
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 
@@ -189,20 +189,6 @@ def test_stage_scales_and_fit():
 
 
 # ------------------------------------------------------------ residuals
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny run (6 steps, checkpoints 3 and 6) shared by this session.
-
-  Trained once per session: later modules find it complete and return at
-  once (a finished workdir resumes to nothing).
-  """
-  from configs import tiny
-
-  workdir = str(tmp_path_factory.getbasetemp() / "tiny_run_6_steps")
-  train.train_and_evaluate(tiny.get_config(), workdir)
-  return workdir
 
 
 def test_td_residuals_of_a_checkpoint(run_dir, tmp_path, capsys):

@@ -20,7 +20,7 @@ import pytest
 
 from ilct_jax import checkpointing, integrity, parallel, storage, train
 from ilct_jax import state as state_lib
-from ilct_jax.data import latents, pipeline
+from ilct_jax.data import latents
 from ilct_jax.evaluation import fid
 from ilct_jax.models import convert_inception
 from ilct_jax.models import vae as vae_lib
@@ -199,44 +199,16 @@ def test_garbage_vae_config_names_the_file(tmp_path):
     vae_lib.load_vae(str(tmp_path))
 
 
-def _crash_after(n, monkeypatch):
-  real = pipeline.create_iterator
-
-  class _Crash(Exception):
-    pass
-
-  def wrapped(config, mesh, *, start_step):
-    it = real(config, mesh, start_step=start_step)
-
-    class Limited:
-      count = 0
-
-      def __next__(self):
-        if self.count >= n:
-          raise _Crash()
-        self.count += 1
-        return next(it)
-
-      def close(self):
-        it.close()
-
-    return Limited()
-
-  monkeypatch.setattr(pipeline, "create_iterator", wrapped)
-  return _Crash
-
-
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])
 def test_checkpoint_moves_between_8_and_1_devices(
-  golden, tmp_path, monkeypatch, first, second
+  golden, tmp_path, monkeypatch, crash_after, first, second
 ):
   """Train 3 steps on `first` devices, resume to 6 on `second` devices."""
   config = golden["config"]
   workdir = str(tmp_path / "run")
   mesh_a = parallel.make_mesh(jax.devices()[:first])
   mesh_b = parallel.make_mesh(jax.devices()[:second])
-  crash = _crash_after(3, monkeypatch)
-  with pytest.raises(crash):
+  with pytest.raises(crash_after(3)):
     train.train_and_evaluate(config, workdir, mesh=mesh_a)
   monkeypatch.undo()
   resumed = train.train_and_evaluate(config, workdir, mesh=mesh_b)

@@ -56,6 +56,18 @@ def _steps(workdir) -> list[int]:
   )
 
 
+def _reached(progress: str, step: int, processes: int) -> bool:
+  """Whether every process's progress file says `step` or later."""
+  for i in range(processes):
+    try:
+      with open(f"{progress}.{i}") as f:
+        if int(f.read() or 0) < step:
+          return False
+    except FileNotFoundError:
+      return False
+  return True
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Uninterrupted reference runs: 1 x 4 devices and 2 x 2 devices."""
@@ -119,17 +131,9 @@ def test_killed_then_sigterm_then_resumed_run_matches(runs, tmp_path):
       ILCT_TEST_PROGRESS=progress,
     )
 
-    def reached(step):
-      for i in range(2):
-        try:
-          with open(f"{progress}.{i}") as f:
-            if int(f.read() or 0) < step:
-              return False
-        except FileNotFoundError:
-          return False
-      return True
-
-    two.wait_for(lambda: reached(10), "the resumed run to pass step 10")
+    two.wait_for(
+      lambda: _reached(progress, 10, 2), "the resumed run to pass step 10"
+    )
     two.signal(signal.SIGTERM)
     codes = two.wait()
     assert codes == [preemption.EXIT_PREEMPTED] * 2, two.output()
@@ -160,14 +164,7 @@ def test_single_process_sigterm_saves_and_a_finished_run_exits_at_once(
       ILCT_TEST_PROGRESS=progress,
     )
 
-    def past(step):
-      try:
-        with open(f"{progress}.0") as f:
-          return int(f.read() or 0) >= step
-      except FileNotFoundError:
-        return False
-
-    one.wait_for(lambda: past(3), "step 3")
+    one.wait_for(lambda: _reached(progress, 3, 1), "step 3")
     one.signal(signal.SIGTERM)
     assert one.wait() == [preemption.EXIT_PREEMPTED], one.output()
     stopped = _steps(workdir)[-1]

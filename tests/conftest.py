@@ -40,3 +40,53 @@ def tiny_config():
   from configs import tiny
 
   return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A tiny run (6 steps, checkpoints 3 and 6) shared by this worker.
+
+  Trained once per worker: later modules find it complete and return at
+  once (a finished workdir resumes to nothing).
+  """
+  from configs import tiny
+  from ilct_jax import train
+
+  workdir = str(tmp_path_factory.getbasetemp() / "tiny_run_6_steps")
+  train.train_and_evaluate(tiny.get_config(), workdir)
+  return workdir
+
+
+class Crash(Exception):
+  """What `crash_after` raises: a simulated kill of the training process."""
+
+
+@pytest.fixture
+def crash_after(monkeypatch):
+  """crash_after(n) makes the input iterator raise Crash after n batches."""
+  from ilct_jax.data import pipeline
+
+  real = pipeline.create_iterator
+
+  def arm(n: int) -> type[Crash]:
+    def wrapped(config, mesh, *, start_step):
+      it = real(config, mesh, start_step=start_step)
+
+      class Limited:
+        count = 0
+
+        def __next__(self):
+          if self.count >= n:
+            raise Crash()
+          self.count += 1
+          return next(it)
+
+        def close(self):
+          it.close()
+
+      return Limited()
+
+    monkeypatch.setattr(pipeline, "create_iterator", wrapped)
+    return Crash
+
+  return arm

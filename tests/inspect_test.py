@@ -19,27 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import checkpointing, consistency, parallel, storage, train
+from ilct_jax import checkpointing, consistency, parallel, storage
 from ilct_jax import inspect as run_inspect
 from ilct_jax.evaluation import generate
 from ilct_jax.models import unet
 from tests import gcs_test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny run (6 steps, checkpoints 3 and 6) shared by this session.
-
-  Trained once per session: later modules find it complete and return at
-  once (a finished workdir resumes to nothing).
-  """
-  from configs import tiny
-
-  workdir = str(tmp_path_factory.getbasetemp() / "tiny_run_6_steps")
-  train.train_and_evaluate(tiny.get_config(), workdir)
-  return workdir
 
 
 @pytest.fixture(scope="module")

@@ -13,24 +13,8 @@ import sys
 
 import pytest
 
-from ilct_jax import train
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "inspect_checkpoint.ipynb")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """A tiny run (6 steps, checkpoints 3 and 6) shared by this session.
-
-  Trained once per session: later modules find it complete and return at
-  once (a finished workdir resumes to nothing).
-  """
-  from configs import tiny
-
-  workdir = str(tmp_path_factory.getbasetemp() / "tiny_run_6_steps")
-  train.train_and_evaluate(tiny.get_config(), workdir)
-  return workdir
 
 
 def _text(cell) -> str:

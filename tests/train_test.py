@@ -17,41 +17,14 @@ from ilct_jax.data import digits, pipeline
 from ilct_jax.evaluation import generate
 
 
-class _Crash(Exception):
-  pass
-
-
-def _crash_after(n, monkeypatch):
-  """Makes the input iterator fail after `n` batches (a simulated kill)."""
-  real = pipeline.create_iterator
-
-  def wrapped(config, mesh, *, start_step):
-    it = real(config, mesh, start_step=start_step)
-
-    class Limited:
-      count = 0
-
-      def __next__(self):
-        if self.count >= n:
-          raise _Crash()
-        self.count += 1
-        return next(it)
-
-      def close(self):
-        it.close()
-
-    return Limited()
-
-  monkeypatch.setattr(pipeline, "create_iterator", wrapped)
-
-
-def test_crash_then_resume_is_bit_identical(tiny_config, tmp_path, monkeypatch):
+def test_crash_then_resume_is_bit_identical(
+  tiny_config, tmp_path, monkeypatch, crash_after
+):
   straight = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
   assert int(straight.step) == 6
 
   workdir = str(tmp_path / "b")
-  _crash_after(3, monkeypatch)
-  with pytest.raises(_Crash):
+  with pytest.raises(crash_after(3)):
     train.train_and_evaluate(tiny_config, workdir)
   mngr = checkpointing.create_manager(workdir, tiny_config.train)
   assert mngr.all_steps() == [3]  # ckpt_every=3: the step-3 save finished.
