@@ -29,8 +29,6 @@ from ilct_jax import (
   checkpointing,
   consistency,
   parallel,
-  rng,
-  sampling,
   storage,
 )
 from ilct_jax import state as state_lib
@@ -111,16 +109,8 @@ def sample_batches(
   (default: the first device), where params restored on one device live.
   """
   mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
-  decode = generate.image_decoder(config)
-  if decode is None:
-    return {}
-  base = rng.stream(config.seed, "sample")
-  out = {}
-  for i, (name, sigmas) in enumerate(sampling.samplers(config).items()):
-    key = jax.random.fold_in(base, i)
-    x = generate.sample_data(config, params, key, num, sigmas, mesh)
-    out[name] = np.asarray(image_io.to_uint8(decode(x)))
-  return out
+  samples = generate.sample_images(config, params, num, mesh)
+  return {k: v for k, (_, v) in samples.items() if v is not None}
 
 
 def write_grids(path: str, batches: dict[str, np.ndarray]) -> None:

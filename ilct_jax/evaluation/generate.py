@@ -106,20 +106,25 @@ def sample_data(
 
 
 def sample_images(
-  config: ml_collections.ConfigDict, params: PyTree, num: int
+  config: ml_collections.ConfigDict,
+  params: PyTree,
+  num: int,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
   """{sampler: (x0 samples, uint8 images or None)} for each named sampler.
 
   Keys come from the "sample" stream of config.seed (rng.py), folded by the
   sampler's position, so the training grids and --mode=sample of the same
   parameters show the same samples. Images are None when latents cannot be
-  decoded (no vae.path).
+  decoded (no vae.path). `mesh` holds the devices of `params` (default: all
+  devices).
   """
   decode = image_decoder(config)
   base = rng.stream(config.seed, "sample")
   out = {}
   for i, (name, sigmas) in enumerate(sampling.samplers(config).items()):
-    x = sample_data(config, params, jax.random.fold_in(base, i), num, sigmas)
+    key = jax.random.fold_in(base, i)
+    x = sample_data(config, params, key, num, sigmas, mesh)
     images = None
     if decode is not None:
       images = np.asarray(image_io.to_uint8(decode(x)))
