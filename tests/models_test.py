@@ -445,8 +445,10 @@ def test_rms_norm_matches_closed_form():
   assert set(params) == {"scale"}
   assert params["scale"].shape == (4, 5, 8)
   y = np.asarray(module.apply({"params": params}, jnp.asarray(x)))
+  # torch's nn.RMSNorm(eps=None) uses float32's machine epsilon.
+  assert norms.RMS_EPS == np.finfo(np.float32).eps
   ms = np.mean(x.astype(np.float64) ** 2, axis=(1, 2, 3), keepdims=True)
-  expected = x / np.sqrt(ms + 1e-5) * np.asarray(params["scale"])
+  expected = x / np.sqrt(ms + norms.RMS_EPS) * np.asarray(params["scale"])
   np.testing.assert_allclose(y, expected, atol=1e-5)
 
 

@@ -2,35 +2,128 @@
 
 The paper's UNet replaces every GroupNorm of EDM's DhariwalUNet by a
 "non-scaling" LayerNorm (NsLN) over the whole feature map of each sample
-(ALGORITHM.md 11b, 19). The other choices exist for the ablations of
-ALGORITHM.md 16. All layers take NHWC inputs, infer their parameter shapes
+(ALGORITHM.md §11, §19). The other choices exist for the ablations of
+ALGORITHM.md §16. All layers take NHWC inputs, infer their parameter shapes
 from the input at init, compute statistics in float32 (so bf16 activations
 keep accurate means and variances) and return `dtype`.
+
+Every layer is one `_normalize` call: statistics per sample and group of
+channels (a LayerNorm is one group, an InstanceNorm one group per channel),
+built from per-channel sums over (H, W) — column reductions that XLA:CPU
+emits far faster than one reduction over (H, W, channels-of-a-group) of a
+5-d view — and a hand-written backward that reads the input and the output
+gradient once for all its sums (the two of the standardization and those of
+the affine parameters) and once more for the input gradient. Autodiff of
+the same forward re-reads the activations about twice as often.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ilct_jax import choices
+
 NORMS = ("nsln", "group", "layer", "rms", "instance")
+RMS_EPS = float(jnp.finfo(jnp.float32).eps)  # torch.finfo(float32).eps.
 
-_MAP_AXES = (1, 2, 3)  # (H, W, C): one statistic per sample.
-_SPATIAL_AXES = (1, 2)  # (H, W): one statistic per sample and channel.
+_HW = (1, 2)  # Spatial axes of an NHWC map.
 
 
-def _standardize(x: jax.Array, axes: tuple[int, ...], eps: float) -> jax.Array:
-  """(x - mean) / sqrt(var + eps) over `axes`, in float32.
+def _group_sum(t: jax.Array, groups: int) -> jax.Array:
+  """[B, C] per-channel values -> [B, groups] sums over each group."""
+  b, c = t.shape
+  return t.reshape(b, groups, c // groups).sum(axis=-1)
+
+
+def _per_channel(t: jax.Array, channels: int) -> jax.Array:
+  """[B, groups] per-group values -> [B, 1, 1, C] (each channel its group's)."""
+  b, groups = t.shape
+  t = jnp.broadcast_to(t[:, :, None], (b, groups, channels // groups))
+  return t.reshape(b, 1, 1, channels)
+
+
+def _stats(x32: jax.Array, groups: int, eps: float, center: bool):
+  """Per (sample, group) mean and 1/sqrt(var + eps), as [B, 1, 1, C] maps.
 
   The variance is the biased one of the centred values (two passes), as
-  torch.nn.functional.layer_norm / group_norm compute it.
+  torch.nn.functional.layer_norm / group_norm compute it; without `center`
+  (RMSNorm) it is the mean square and the mean is None.
   """
-  x = x.astype(jnp.float32)
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  centred = x - mean
-  var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
-  return centred * jax.lax.rsqrt(var + eps)
+  _, h, w, c = x32.shape
+  n = h * w * (c // groups)
+  if center:
+    mean = _per_channel(_group_sum(jnp.sum(x32, _HW), groups) / n, c)
+    x32 = x32 - mean
+  else:
+    mean = None
+  var = _group_sum(jnp.sum(jnp.square(x32), _HW), groups) / n
+  return mean, _per_channel(jax.lax.rsqrt(var + eps), c)
+
+
+def _standardized(x, mean, rstd):
+  x32 = x.astype(jnp.float32)
+  return (x32 if mean is None else x32 - mean) * rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _normalize(x, scale, bias, groups, eps, center, dtype):
+  """(x - mean) / sqrt(var + eps) * scale + bias, stats per sample and group.
+
+  Args:
+    x: [B, H, W, C] input (any float dtype).
+    scale: None, [C] or [H, W, C] float32 (broadcast against x).
+    bias: None, [C] or [H, W, C] float32.
+    groups: channel groups sharing one statistic (1: the whole map).
+    eps: variance epsilon.
+    center: subtract the mean (False: RMSNorm).
+    dtype: output dtype.
+
+  Returns:
+    [B, H, W, C] in `dtype`.
+  """
+  return _normalize_fwd(x, scale, bias, groups, eps, center, dtype)[0]
+
+
+def _normalize_fwd(x, scale, bias, groups, eps, center, dtype):
+  mean, rstd = _stats(x.astype(jnp.float32), groups, eps, center)
+  y = _standardized(x, mean, rstd)
+  if scale is not None:
+    y = y * scale
+  if bias is not None:
+    y = y + bias
+  return y.astype(dtype), (x, scale, bias, mean, rstd)
+
+
+def _param_sums(t: jax.Array, param):
+  """Sum of t [B, H, W, C] over the axes that `param` is broadcast along."""
+  if param.ndim == 1:
+    return jnp.sum(t, axis=(0, 1, 2))
+  return jnp.sum(t, axis=0)
+
+
+def _normalize_bwd(groups, eps, center, dtype, res, dy):
+  del eps, dtype
+  x, scale, bias, mean, rstd = res
+  _, h, w, c = x.shape
+  n = h * w * (c // groups)
+  xhat = _standardized(x, mean, rstd)
+  dy = dy.astype(jnp.float32)
+  d_scale = None if scale is None else _param_sums(dy * xhat, scale)
+  d_bias = None if bias is None else _param_sums(dy, bias)
+  dxhat = dy if scale is None else dy * scale
+  # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means per
+  # (sample, group); without centring the mean(dxhat) term drops out.
+  g2 = _per_channel(_group_sum(jnp.sum(dxhat * xhat, _HW), groups) / n, c)
+  dx = dxhat - xhat * g2
+  if center:
+    dx = dx - _per_channel(_group_sum(jnp.sum(dxhat, _HW), groups) / n, c)
+  return (rstd * dx).astype(x.dtype), d_scale, d_bias
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 def _ones(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -43,13 +136,20 @@ def _zeros(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return jnp.zeros(shape, jnp.float32)
 
 
+def _check_nhwc(name: str, x: jax.Array) -> None:
+  if x.ndim != 4:
+    raise ValueError(
+      f"{name} takes NHWC maps [B, H, W, C], got shape {x.shape}"
+    )
+
+
 class NonScalingLayerNorm(nn.Module):
   """NsLN: LayerNorm over each sample's whole (H, W, C) map, no scale.
 
   `y = (x - mu) / sqrt(var + eps) + bias` with one mu and one var per sample
   and a learnable per-element `bias` of shape (H, W, C), initialised to 0.
   The reference (LCT branch `ot`) keeps a gamma frozen at 1; here there is no
-  scale parameter at all (ALGORITHM.md 11b, 19), which is the same function.
+  scale parameter at all (ALGORITHM.md §11, §19), which is the same function.
 
   Attributes:
     eps: variance epsilon (1e-5 in the reference).
@@ -61,9 +161,9 @@ class NonScalingLayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_nhwc("NonScalingLayerNorm", x)
     bias = self.param("bias", _zeros, x.shape[1:])
-    y = _standardize(x, _MAP_AXES, self.eps) + bias
-    return y.astype(self.dtype)
+    return _normalize(x, None, bias, 1, self.eps, True, self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -82,10 +182,10 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_nhwc("LayerNorm", x)
     scale = self.param("scale", _ones, x.shape[1:])
     bias = self.param("bias", _zeros, x.shape[1:])
-    y = _standardize(x, _MAP_AXES, self.eps) * scale + bias
-    return y.astype(self.dtype)
+    return _normalize(x, scale, bias, 1, self.eps, True, self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -95,20 +195,20 @@ class RMSNorm(nn.Module):
   `scale` of shape (H, W, C) initialised to 1 (torch `nn.RMSNorm([C, H, W])`).
 
   Attributes:
-    eps: epsilon added to the mean square.
+    eps: epsilon added to the mean square; torch's `nn.RMSNorm(eps=None)`,
+      the ablation's reference (ALGORITHM.md §16), uses the float32 machine
+      epsilon, and so does this default.
     dtype: output dtype.
   """
 
-  eps: float = 1e-5
+  eps: float = RMS_EPS
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_nhwc("RMSNorm", x)
     scale = self.param("scale", _ones, x.shape[1:])
-    x32 = x.astype(jnp.float32)
-    ms = jnp.mean(jnp.square(x32), axis=_MAP_AXES, keepdims=True)
-    y = x32 * jax.lax.rsqrt(ms + self.eps) * scale
-    return y.astype(self.dtype)
+    return _normalize(x, scale, None, 1, self.eps, False, self.dtype)
 
 
 class InstanceNorm(nn.Module):
@@ -124,11 +224,11 @@ class InstanceNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_nhwc("InstanceNorm", x)
     channels = x.shape[-1]
     scale = self.param("scale", _ones, (channels,))
     bias = self.param("bias", _zeros, (channels,))
-    y = _standardize(x, _SPATIAL_AXES, self.eps) * scale + bias
-    return y.astype(self.dtype)
+    return _normalize(x, scale, bias, channels, self.eps, True, self.dtype)
 
 
 class GroupNorm(nn.Module):
@@ -150,6 +250,7 @@ class GroupNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    _check_nhwc("GroupNorm", x)
     channels = x.shape[-1]
     groups = min(self.num_groups, channels // 4)
     if groups < 1 or channels % groups:
@@ -160,16 +261,14 @@ class GroupNorm(nn.Module):
       )
     scale = self.param("scale", _ones, (channels,))
     bias = self.param("bias", _zeros, (channels,))
-    grouped = x.reshape(*x.shape[:-1], groups, channels // groups)
-    y = _standardize(grouped, (1, 2, 4), self.eps).reshape(x.shape)
-    return (y * scale + bias).astype(self.dtype)
+    return _normalize(x, scale, bias, groups, self.eps, True, self.dtype)
 
 
 def make_norm(
   name: str,
   *,
   num_groups: int = 32,
-  eps: float = 1e-5,
+  eps: float | None = None,
   dtype: Any = jnp.float32,
   module_name: str | None = None,
 ) -> nn.Module:
@@ -178,7 +277,9 @@ def make_norm(
   Args:
     name: one of `NORMS`.
     num_groups: maximal group count (only used by "group").
-    eps: variance epsilon (1e-5 everywhere in EDM and the reference).
+    eps: variance epsilon; None takes each norm's reference value (1e-5
+      everywhere in EDM and the reference, torch's float32 epsilon for
+      `rms`).
     dtype: output dtype; statistics are always computed in float32.
     module_name: the Flax submodule name (e.g. "norm0") when built inside a
       compact method; None lets Flax pick one.
@@ -189,7 +290,10 @@ def make_norm(
   Raises:
     ValueError: if `name` is not one of `NORMS`.
   """
-  kwargs = dict(eps=eps, dtype=dtype, name=module_name)
+  choices.check("model.norm", name, NORMS)
+  kwargs = dict(dtype=dtype, name=module_name)
+  if eps is not None:
+    kwargs["eps"] = eps
   if name == "nsln":
     return NonScalingLayerNorm(**kwargs)
   if name == "group":
@@ -198,8 +302,4 @@ def make_norm(
     return LayerNorm(**kwargs)
   if name == "rms":
     return RMSNorm(**kwargs)
-  if name == "instance":
-    return InstanceNorm(**kwargs)
-  raise ValueError(
-    f"model.norm={name!r} is unknown; choose one of {', '.join(NORMS)}"
-  )
+  return InstanceNorm(**kwargs)

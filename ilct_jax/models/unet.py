@@ -64,6 +64,89 @@ def _fan_in_uniform(fan_in: int) -> nn.initializers.Initializer:
   return init
 
 
+def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 'same' KxK conv as one GEMM over the K*K shifted copies of x.
+
+  Used where the activations are small next to the kernel (the 4x4 levels of
+  the paper UNet at small batch): XLA:CPU's convolution backward first
+  copies the whole kernel into a flipped, in/out-swapped layout, which there
+  costs more than the convolution itself; a GEMM reads the kernel in place
+  for the forward, the input gradient and the kernel gradient alike.
+  """
+  b, h, w, cin = x.shape
+  k = kernel.shape[0]
+  pad = k // 2
+  xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  patches = jnp.concatenate(
+    [xp[:, i : i + h, j : j + w, :] for i in range(k) for j in range(k)],
+    axis=-1,
+  )  # [B, H, W, K*K*Cin], ordered (kh, kw, cin) as the HWIO kernel.
+  kernel = kernel.reshape(k * k * cin, kernel.shape[-1])
+  return jax.lax.dot_general(patches, kernel, (((3,), (0,)), ((), ())))
+
+
+def _use_im2col(x: jax.Array, features: int) -> bool:
+  """Whether a 3x3 conv of x is cheaper as `_im2col_conv` (XLA:CPU only).
+
+  True where the patch matrix (B*H*W x 9*Cin) is no bigger than the kernel
+  (9*Cin x Cout), i.e. B*H*W <= Cout: the im2col copy then costs at most
+  what the kernel transpose it replaces did. GPU and TPU backends fold the
+  kernel flip into their convolution kernels, so they keep lax.conv.
+  """
+  b, h, w, _ = x.shape
+  return jax.default_backend() == "cpu" and b * h * w <= features
+
+
+class Conv2d(nn.Module):
+  """EDM's Conv2d at stride 1, 'same' padding, NHWC input, HWIO kernel.
+
+  Parameters and initialisation are those of `nn.Conv(features, (k, k),
+  padding="SAME")` (`kernel` [k, k, Cin, Cout] then `bias` [Cout], in that
+  order, float32), so checkpoints and init values are unchanged. The
+  computation picks the fastest equivalent form: a channel GEMM for 1x1
+  kernels (XLA:CPU differentiates a 1x1 convolution into a slow
+  kernel-gradient convolution), `_im2col_conv` where `_use_im2col` says so,
+  and `lax.conv_general_dilated` (exactly nn.Conv's call) elsewhere.
+
+  Attributes:
+    features: output channels.
+    kernel_size: k (1 or an odd size).
+    kernel_init: initializer of the kernel.
+    bias_init: initializer of the bias.
+    dtype: computation dtype (params stay float32).
+  """
+
+  features: int
+  kernel_size: int
+  kernel_init: nn.initializers.Initializer
+  bias_init: nn.initializers.Initializer
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, cin = self.kernel_size, x.shape[-1]
+    kernel = self.param(
+      "kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32
+    )
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if k == 1:
+      y = jax.lax.dot_general(
+        x, kernel.reshape(cin, self.features), (((3,), (0,)), ((), ()))
+      )
+    elif _use_im2col(x, self.features):
+      y = _im2col_conv(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
+    return y + bias.reshape(1, 1, 1, -1)
+
+
 def _conv(
   features: int,
   kernel: int,
@@ -71,17 +154,16 @@ def _conv(
   dtype: Any,
   name: str,
   zero: bool = False,
-) -> nn.Conv:
+) -> Conv2d:
   """A stride-1 'same' conv with EDM's init (zero for conv1/proj/out_conv)."""
   init = (
     nn.initializers.zeros
     if zero
     else _fan_in_uniform(fan_in_channels * kernel * kernel)
   )
-  return nn.Conv(
+  return Conv2d(
     features,
-    (kernel, kernel),
-    padding="SAME",
+    kernel,
     kernel_init=init,
     bias_init=init,
     dtype=dtype,
