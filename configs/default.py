@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     "nsln"  # nsln | group | layer | rms | instance (ALGORITHM.md §11b).
   )
   model.dtype = "float32"  # Activation dtype: float32 | bfloat16.
+  # Recompute each UNet block's forward in the backward pass: less activation
+  # memory (bigger batches per device) for more compute; same values.
+  model.remat = False
 
   # ---------------------------------------------------------------- vae
   config.vae = vae = ml_collections.ConfigDict()

@@ -95,6 +95,8 @@ def create_model(
     dropout=m.dropout,
     norm=m.norm,
     dtype=dtypes[m.dtype],
+    # A run's config.json written before model.remat existed lacks it.
+    remat=bool(m.get("remat", False)),
   )
 
 

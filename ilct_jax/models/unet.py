@@ -283,6 +283,13 @@ class UNetBlock(nn.Module):
     return channels // self.head_channels
 
 
+# UNetBlock with its forward recomputed in the backward pass (`model.remat`):
+# autodiff keeps only each block's inputs, not its activations. Parameters and
+# module names are those of UNetBlock. static_argnums counts `self` as 0, so 3
+# is `train` (a Python bool that decides whether dropout runs).
+RematUNetBlock = nn.remat(UNetBlock, static_argnums=(3,))
+
+
 class DhariwalUNet(nn.Module):
   """EDM's DhariwalUNet, unconditional, NHWC (ALGORITHM.md 11a).
 
@@ -296,6 +303,9 @@ class DhariwalUNet(nn.Module):
     dropout: dropout rate inside the residual blocks.
     norm: `model.norm`, one of `norms.NORMS`, for every norm layer.
     dtype: activation/compute dtype; params stay float32, output is float32.
+    remat: recompute each residual block's forward in the backward pass
+      (`RematUNetBlock`): less activation memory for more compute; the same
+      parameters and values.
   """
 
   out_channels: int
@@ -307,6 +317,7 @@ class DhariwalUNet(nn.Module):
   dropout: float = 0.0
   norm: str = "group"
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(
@@ -350,7 +361,8 @@ class DhariwalUNet(nn.Module):
     return norms.make_norm(self.norm, dtype=self.dtype, module_name=module_name)
 
   def _block(self, name: str, out_channels: int, **kwargs) -> UNetBlock:
-    return UNetBlock(
+    block = RematUNetBlock if self.remat else UNetBlock
+    return block(
       out_channels,
       head_channels=self.head_channels,
       dropout=self.dropout,
