@@ -1,15 +1,20 @@
 """Speed and memory figures: `python -m ilct_jax.benchmark --config=...`.
 
-Every timing loop of the project lives here. Modes (`--mode`):
-  train    the real jitted train step of the config: compile time, number of
-           compiles across a curriculum stage change, steps/s and images/s
-           (median over timed steps after warm-up), memory.
+Every timing loop of the project lives here (the FLOP and memory accounting
+they report is flops.py). Modes (`--mode`):
+  train    the config's jitted train step: init and compile seconds, compiles
+           across a stage change, steps/s, images/s, model FLOPs beside
+           XLA's, MFU, OT share, memory, projected days of each paper run.
   recipes  train-step time of the paper recipe vs the iLCT baseline (and each
            technique switched off alone), as ratios measured in one run.
-  model    the UNet alone at train.batch_size: jitted forward, and forward +
-           backward of a mean-square loss (compile and median run seconds,
-           XLA's flop count), comparable with a plain PyTorch model timing.
-  ot       the OT pairing alone (exact vs sinkhorn) at --batch x --dim.
+  model    the UNet alone at train.batch_size: forward, and forward +
+           backward of a mean-square loss (as a PyTorch `backward()` timing).
+  ot       the OT pairing alone (exact, Crouse up to 512, sinkhorn) at 128,
+           512, 1536, 4096 examples (or --batch), share of --step_s.
+  memory   the step compiled against an abstract state (nothing allocated or
+           run): XLA's per-device memory and FLOPs (e.g. with model.remat).
+  eval     the fused FID program (sample -> decode -> uint8 -> features) per
+           sampler: images/s and projected hours of a 50k-sample FID.
   vae      SD-VAE encode/decode throughput at 256x256.
   fid      InceptionV3 feature-extraction throughput.
 Imports no TensorFlow: the figures are about the hot path alone.
@@ -28,14 +33,15 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from ilct_jax import consistency, coupling, parallel
+from ilct_jax import consistency, coupling, flops, parallel, sampling
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
-from ilct_jax.evaluation import features
+from ilct_jax.evaluation import features, samples
 from ilct_jax.models import autoencoder, inception, unet
 from ilct_jax.models import vae as vae_lib
 
-MODES = ("train", "recipes", "model", "ot", "vae", "fid")
+MODES = ("train", "recipes", "model", "ot", "memory", "eval", "vae", "fid")
+PyTree = Any
 
 
 def time_calls(fn: Callable[..., Any], args: tuple, repeats: int):
@@ -66,6 +72,25 @@ def _stage_boundary(config: ml_collections.ConfigDict, total: int) -> int:
   return total
 
 
+def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
+  """(jitted step, fresh state, batch, state-init seconds).
+
+  The state is the config's real initial state (its init compile and run
+  is what a user waits for at start); the batch is Gaussian noise of the
+  config's shape, sharded on "data".
+  """
+  fn = step_lib.compile_train_step(config, mesh, total)
+  start = time.perf_counter()
+  state = jax.block_until_ready(state_lib.create_train_state(config, mesh))
+  init_s = time.perf_counter() - start
+  shape = (config.train.batch_size, *state_lib.example_shape(config))
+  rng = np.random.default_rng(0)
+  batch = jax.device_put(
+    rng.normal(0, 0.5, shape).astype(np.float32), parallel.batch_sharding(mesh)
+  )
+  return fn, state, batch, init_s
+
+
 def time_train_step(
   config: ml_collections.ConfigDict, steps: int = 10, warmup: int = 2
 ) -> dict[str, float]:
@@ -73,18 +98,13 @@ def time_train_step(
 
   The state starts `warmup` steps before the first curriculum stage change,
   so the timed steps cross it; `compiles` counts jit cache entries after.
+  Adds `step_accounting` (FLOPs, MFU, memory) and the OT share.
   """
   mesh = parallel.make_mesh()
   total = max(config.train.num_steps, 1000)
   boundary = _stage_boundary(config, total)
-  fn = step_lib.compile_train_step(config, mesh, total)
-  state = state_lib.create_train_state(config, mesh)
+  fn, state, batch, init_s = _step_inputs(config, mesh, total)
   state = state.replace(step=state.step + max(boundary - warmup, 0))
-  shape = (config.train.batch_size, *state_lib.example_shape(config))
-  rng = np.random.default_rng(0)
-  batch = jax.device_put(
-    rng.normal(0, 0.5, shape).astype(np.float32), parallel.batch_sharding(mesh)
-  )
   t0 = time.perf_counter()
   state, metrics = fn(state, batch)
   jax.block_until_ready(metrics)
@@ -100,10 +120,8 @@ def time_train_step(
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = statistics.median(times)
-  mem = (
-    fn.lower(state, batch).compile().memory_analysis()
-  )  # Cached lowering; does not add a jit cache entry.
-  return {
+  figures = {
+    "init_s": init_s,
     "compile_s": compile_s,
     "compiles": float(fn._cache_size()),  # noqa: SLF001 - jax's own counter.
     "num_scales_start": n_before,
@@ -111,10 +129,39 @@ def time_train_step(
     "step_s": step_s,
     "steps_per_s": 1.0 / step_s,
     "images_per_s": config.train.batch_size / step_s,
-    "temp_mib": (mem.temp_size_in_bytes / 2**20) if mem else float("nan"),
-    "args_mib": (mem.argument_size_in_bytes / 2**20) if mem else float("nan"),
-    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
+  # Cached lowering: does not add a jit cache entry.
+  figures.update(
+    flops.step_accounting(config, fn.lower(state, batch).compile(), mesh.size)
+  )
+  figures.update(flops.mfu(config, figures))
+  ot_s = time_pairing(config, mesh, steps)
+  figures.update(ot_s=ot_s, ot_share=ot_s / step_s)
+  figures["peak_rss_mib"] = _peak_rss_mib()
+  return figures
+
+
+def _peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_pairing(config, mesh, repeats: int) -> float:
+  """Median seconds of the step's OT pairing alone (0 without coupling).
+
+  The same function, scope and sharding as inside the step
+  (step.paired_noise on the config's global batch).
+  """
+  if config.coupling.method == "none":
+    return 0.0
+  shape = (config.train.batch_size, *state_lib.example_shape(config))
+  x0 = jax.device_put(
+    np.random.default_rng(1).normal(size=shape).astype(np.float32),
+    parallel.batch_sharding(mesh),
+  )
+  fn = jax.jit(
+    lambda key, x: step_lib.paired_noise(key, x, config.coupling, mesh)
+  )
+  return time_calls(fn, (jax.random.key(0), x0), max(repeats, 3))[1]
 
 
 RECIPE_VARIANTS = {
@@ -144,11 +191,33 @@ def _with(config: ml_collections.ConfigDict, overrides: dict):
 
 
 def compare_recipes(config, steps: int, warmup: int) -> dict[str, dict]:
-  """Step time of each RECIPE_VARIANTS entry, measured in one process."""
-  return {
-    name: time_train_step(_with(config, ov), steps, warmup)
-    for name, ov in RECIPE_VARIANTS.items()
-  }
+  """Step time of each RECIPE_VARIANTS entry (and its ratio to the paper
+  recipe's), measured in one process."""
+  keys = ("step_s", "images_per_s", "compiles", "mfu", "ot_share")
+  rows = {}
+  for name, overrides in RECIPE_VARIANTS.items():
+    r = time_train_step(_with(config, overrides), steps, warmup)
+    rows[name] = {k: r[k] for k in keys}
+    rows[name]["time_vs_recipe"] = r["step_s"] / rows["paper recipe"]["step_s"]
+  return rows
+
+
+def _random_params(model: Any, x: jax.Array, labels: jax.Array) -> PyTree:
+  """0.02 * N(0, 1) for every parameter (no zero-init branch stays zero)."""
+  kp = jax.random.key(1)
+  abstract = jax.eval_shape(
+    lambda k: model.init(k, x, labels, train=False)["params"], kp
+  )
+  leaves, treedef = jax.tree.flatten(abstract)
+  keys = jax.random.split(kp, len(leaves))
+
+  def make(ks):
+    values = [
+      0.02 * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(ks, leaves)
+    ]
+    return jax.tree.unflatten(treedef, values)
+
+  return jax.jit(make)(keys)
 
 
 def time_model(
@@ -156,41 +225,17 @@ def time_model(
 ) -> dict[str, float]:
   """Times the config's UNet alone on the default device.
 
-  Random float32 inputs of shape [batch, *example_shape] and c_noise values;
-  random (not zero-init) params so no branch is trivially zero. Two jitted
-  programs: the forward (train=False) and the gradient of mean(F(x)^2)
-  (train=True), i.e. one forward + one backward as in a plain
-  `loss.backward()` timing.
-
-  Args:
-    config: the full config (`model.*`, `data.*`).
-    batch: batch size.
-    steps: timed calls of each program (median reported).
-    warmup: untimed calls after the compile.
-
-  Returns:
-    fwd_s / fwd_bwd_s (median seconds), their compile seconds (lower +
-    compile), XLA's flop estimates, param count and peak RSS (MiB).
+  Two jitted programs on random float32 inputs [batch, *example_shape] and
+  c_noise values: the forward (train=False) and the gradient of
+  mean(F(x)^2) (train=True), i.e. one forward + one backward as in a plain
+  PyTorch `loss.backward()` timing. Returns median and min seconds, compile
+  seconds, the analytic and XLA GFLOP of each, params and peak RSS (MiB).
   """
   model = state_lib.create_model(config)
   shape = (batch, *state_lib.example_shape(config))
-  kx, kp = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, shape, jnp.float32)
+  x = jax.random.normal(jax.random.key(0), shape, jnp.float32)
   labels = 250.0 * jnp.log(jnp.linspace(0.01, 10.0, batch, dtype=jnp.float32))
-  abstract = jax.eval_shape(
-    lambda k: model.init(k, x, labels, train=False)["params"], kp
-  )
-  leaves, treedef = jax.tree.flatten(abstract)
-  keys = jax.random.split(kp, len(leaves))
-  params = jax.jit(
-    lambda ks: jax.tree.unflatten(
-      treedef,
-      [
-        0.02 * jax.random.normal(k, a.shape, a.dtype)
-        for k, a in zip(ks, leaves)
-      ],
-    )
-  )(keys)
+  params = _random_params(model, x, labels)
 
   def loss(p, x, labels):
     y = model.apply({"params": p}, x, labels, train=True)
@@ -205,9 +250,10 @@ def time_model(
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(params, x, labels).compile()
     figures[f"{name}_compile_s"] = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    figures[f"{name}_gflop"] = float((cost or {}).get("flops", 0.0)) / 1e9
+    figures[f"{name}_gflop"] = flops.matmul_flops(fn, params, x, labels) / 1e9
+    figures[f"{name}_xla_gflop"] = (
+      flops.xla_cost(compiled).get("flops", 0.0) / 1e9
+    )
     for _ in range(max(warmup, 1)):
       jax.block_until_ready(compiled(params, x, labels))
     times = []
@@ -218,9 +264,7 @@ def time_model(
     figures[f"{name}_s"] = statistics.median(times)
     figures[f"{name}_min_s"] = min(times)
   figures["bwd_s"] = figures["fwd_bwd_s"] - figures["fwd_s"]
-  figures["peak_rss_mib"] = (
-    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  )
+  figures["peak_rss_mib"] = _peak_rss_mib()
   return figures
 
 
@@ -229,6 +273,7 @@ _OT_SOLVERS = {
   "exact_crouse": coupling.crouse_assignment,
   "sinkhorn": lambda x, z: coupling.assignment(x, z, method="sinkhorn"),
 }
+CROUSE_MAX = 512  # The dense JAX solver's cost grows fast: 1.3 s at 512.
 
 
 def time_ot(batch: int = 128, dim: int = 4096, repeats: int = 10) -> dict:
@@ -240,24 +285,75 @@ def time_ot(batch: int = 128, dim: int = 4096, repeats: int = 10) -> dict:
     repeats: timed calls per solver after one compile call.
 
   Returns:
-    For each solver `<name>_median_s` (median seconds of one call) and
-    `<name>_first_call_s` (the first call, which compiles), plus the device
-    and the shape.
+    For each solver `<name>_s` (median seconds of one call; exact_crouse
+    only up to CROUSE_MAX), plus the shape.
   """
   key_x, key_z = jax.random.split(jax.random.key(0))
   x = jax.random.normal(key_x, (batch, dim), jnp.float32)
   z = jax.random.normal(key_z, (batch, dim), jnp.float32)
-  device = jax.devices()[0]
-  figures = {
-    "device": f"{device} ({device.device_kind})",
-    "batch": batch,
-    "dim": dim,
-  }
+  figures = {"batch": batch, "dim": dim}
   for name, fn in _OT_SOLVERS.items():
-    first, median = time_calls(jax.jit(fn), (x, z), repeats)
-    figures[f"{name}_first_call_s"] = first
-    figures[f"{name}_median_s"] = median
+    if name == "exact_crouse" and batch > CROUSE_MAX:
+      continue
+    figures[f"{name}_s"] = time_calls(jax.jit(fn), (x, z), repeats)[1]
   return figures
+
+
+OT_SIZES = (128, 512, 1536, 4096)  # 1536: the LSUN global batch.
+
+
+def time_ot_sizes(dim: int, step_s: float | None) -> dict[str, dict]:
+  """time_ot at each of OT_SIZES (fewer repeats as it grows).
+
+  With `step_s` (an accelerator step time, seconds), each row adds the
+  exact pairing's share of such a step.
+  """
+  rows = {}
+  for size in OT_SIZES:
+    row = time_ot(size, dim, repeats=10 if size <= 512 else 3)
+    if step_s:
+      row["exact_share_of_step"] = row["exact_s"] / step_s
+    rows[f"B={size}"] = row
+  return rows
+
+
+def time_eval(config: ml_collections.ConfigDict, repeats: int) -> dict:
+  """Throughput of the fused FID program (samples.sample_program).
+
+  One jitted, sharded program per batch: sampler -> SD-VAE decode (latent
+  configs; random weights) -> uint8 -> InceptionV3 pool3 (random weights),
+  nothing on the host until the features. For each sampler of
+  eval.samplers: compile seconds, images/s and the projected wall time of
+  a 50k-sample FID. (eval.protocol=paper adds host JPEG work per image.)
+  """
+  mesh = parallel.make_mesh()
+  if config.data.source == "digits":
+    decode, aux = (lambda a, x: x), ()
+  else:
+    vae = vae_lib.AutoencoderKL()
+    decode = lambda a, x: autoencoder.decode_pure(vae, a, x)
+    aux = vae_lib.random_params(vae)
+  module = inception.InceptionV3()
+  variables = inception.init_variables(module)
+  model = state_lib.create_model(config)
+  shape = (config.eval.batch_size, *state_lib.example_shape(config))
+  x = jnp.zeros(shape, jnp.float32)
+  params = _random_params(model, x, jnp.zeros((shape[0],)))
+  rows = {}
+  for name in config.eval.samplers:
+    sigmas = sampling.samplers(config)[name]
+    program = samples.sample_program(config, sigmas, mesh, decode, module)
+    args = (params, aux, jax.random.key(0), variables)
+    first, per_batch = time_calls(program, args, repeats)
+    rate = config.eval.batch_size / per_batch
+    rows[name] = {
+      "batch": float(config.eval.batch_size),
+      "nfe": float(sum(v > config.ct.sigma_min for v in sigmas)),
+      "compile_s": first - per_batch,
+      "images_per_s": rate,
+      "fid50k_hours": 50_000 / rate / 3600.0,
+    }
+  return rows
 
 
 def time_vae(
@@ -315,43 +411,59 @@ def time_fid_features(batch: int = 16, repeats: int = 3) -> dict[str, Any]:
   }
 
 
-def _print_table(rows: dict[str, dict], keys: list[str]) -> None:
-  print("| variant | " + " | ".join(keys) + " |")
-  print("|---" * (len(keys) + 1) + "|")
-  for name, r in rows.items():
-    vals = [
-      f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys
-    ]
-    print(f"| {name} | " + " | ".join(vals) + " |")
+def _print_table(rows: dict[str, dict], keys: list[str] | None = None) -> None:
+  """A markdown table: one column per row of `rows` (figures down)."""
+  keys = keys or list(dict.fromkeys(k for r in rows.values() for k in r))
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  print(
+    "| figure | " + " | ".join(rows) + " |\n" + "|---" * (len(rows) + 1) + "|"
+  )
+  for k in keys:
+    print(
+      f"| {k} | " + " | ".join(fmt(r.get(k, "-")) for r in rows.values()) + " |"
+    )
+
+
+XLA_CPU_NOTE = (  # Measured on the paper UNet, fwd+bwd at batch 8, 2 cores.
+  "# XLA:CPU flags: none set (oneDNN, XNN/YNN fusions, fast math, 512-bit "
+  "vectors gained nothing beyond noise)"
+)
+
+
+def _train_report(config, f) -> None:
+  r = time_train_step(config, f.steps, f.warmup)
+  _print_table({"train step": r})
+  print("\n# paper runs at this achieved model FLOP/s:")
+  _print_table(flops.project_paper_runs(r["achieved_tflop_per_s"] * 1e12))
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
-  config, mode = f.config, f.mode
+  config = f.config
   dev = jax.devices()[0]
   print(f"# device: {dev.platform} {dev.device_kind} x{jax.device_count()}")
-  if mode == "train":
-    r = time_train_step(config, f.steps, f.warmup)
-    _print_table({"train step": r}, list(r))
-  elif mode == "recipes":
-    rows = compare_recipes(config, f.steps, f.warmup)
-    base = rows["paper recipe"]["step_s"]
-    for r in rows.values():
-      r["time_vs_recipe"] = r["step_s"] / base
-    _print_table(rows, ["step_s", "images_per_s", "compiles", "time_vs_recipe"])
-  elif mode == "model":
-    r = time_model(config, config.train.batch_size, f.steps, f.warmup)
-    _print_table({"model": r}, list(r))
-  elif mode == "ot":
-    r = time_ot(batch=f.batch, dim=f.dim)
-    _print_table({"ot": r}, list(r))
-  elif mode == "vae":
-    r = time_vae()
-    _print_table({"sd-vae": r}, list(r))
+  if dev.platform == "cpu":
+    print(XLA_CPU_NOTE)
+  tables = {
+    "recipes": lambda: compare_recipes(config, f.steps, f.warmup),
+    "model": lambda: {
+      "model": time_model(config, config.train.batch_size, f.steps, f.warmup)
+    },
+    "ot": lambda: (
+      {f"B={f.batch}": time_ot(f.batch, f.dim)}
+      if f.batch
+      else time_ot_sizes(f.dim, f.step_s)
+    ),
+    "memory": lambda: {"step (compiled only)": flops.memory_estimate(config)},
+    "eval": lambda: time_eval(config, f.steps),
+    "vae": lambda: {"sd-vae": time_vae()},
+    "fid": lambda: {"inception": time_fid_features()},
+  }
+  if f.mode == "train":
+    _train_report(config, f)
   else:
-    r = time_fid_features()
-    _print_table({"inception": r}, list(r))
+    _print_table(tables[f.mode]())
   assert "tensorflow" not in sys.modules, "TensorFlow leaked onto the hot path"
 
 
@@ -365,8 +477,17 @@ def define_flags() -> None:
   flags.DEFINE_enum("mode", "train", MODES, "What to time.")
   flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
   flags.DEFINE_integer("warmup", 2, "Untimed warm-up steps.")
-  flags.DEFINE_integer("batch", 128, "Batch for --mode=ot.")
+  flags.DEFINE_integer(
+    "batch", 0, "--mode=ot: one batch size (0: the OT_SIZES table)."
+  )
   flags.DEFINE_integer("dim", 4096, "Flattened size for --mode=ot.")
+  flags.DEFINE_float(
+    "step_s",
+    0.018,
+    "--mode=ot: an accelerator step (s) to state the exact pairing's share "
+    "of (default: the paper step's floor on one H100, 14.5 TFLOP at about "
+    "790 TFLOP/s).",
+  )
 
 
 if __name__ == "__main__":

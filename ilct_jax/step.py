@@ -73,7 +73,7 @@ def _ct_loss(
   return total, metrics
 
 
-def _paired_noise(
+def paired_noise(
   key: jax.Array,
   x0: jax.Array,
   cfg: ml_collections.ConfigDict,
@@ -120,7 +120,7 @@ def train_step(
   key = rng.key_at(config.seed, "train", state.step)
   key_noise, key_idx, key_drop = jax.random.split(key, 3)
   x0 = batch.astype(jnp.float32)
-  noise = _paired_noise(key_noise, x0, config.coupling, mesh)
+  noise = paired_noise(key_noise, x0, config.coupling, mesh)
   num = consistency.num_scales(
     state.step, total_steps, ct.start_scales, ct.end_scales
   )

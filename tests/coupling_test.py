@@ -245,9 +245,11 @@ def test_inner_iterations_divide():
 def test_benchmark_reports_figures():
   figures = benchmark.time_ot(batch=8, dim=16, repeats=2)
   for name in ("exact", "exact_crouse", "sinkhorn"):
-    assert figures[f"{name}_median_s"] > 0
-    assert figures[f"{name}_first_call_s"] >= figures[f"{name}_median_s"]
+    assert figures[f"{name}_s"] > 0
   assert (figures["batch"], figures["dim"]) == (8, 16)
+  # The dense Crouse solver is skipped above CROUSE_MAX (seconds there).
+  big = benchmark.time_ot(batch=benchmark.CROUSE_MAX + 8, dim=4, repeats=1)
+  assert "exact_crouse_s" not in big and big["exact_s"] > 0
 
 
 def test_auto_scope_is_global_up_to_512_and_per_shard_above():

@@ -58,18 +58,22 @@ def _inception(path: str):
   return module, variables
 
 
-@functools.lru_cache(maxsize=8)
-def _program(
-  frozen: ml_collections.FrozenConfigDict,
+def sample_program(
+  config: Config,
   sigmas: tuple[float, ...],
   mesh: jax.sharding.Mesh,
-  fused: bool,
+  decode: generate.Decode,
+  inception_module: Any = None,
 ) -> Callable[..., Any]:
-  """jit(params, aux, key[, inception vars]) -> uint8 (, features)."""
-  config = frozen
+  """The one sampling program: jit(params, aux, key[, inception vars]).
+
+  sampler -> decode(aux, x0) -> uint8 by the protocol's rounding -> RGB,
+  and with an `inception_module` on into its pool3 features: returns uint8
+  (and [batch, 2048] features), rows sharded on "data". The benchmark's
+  eval mode times this same program with random weights.
+  """
   model = state_lib.create_model(config)
   shape = (config.eval.batch_size, *state_lib.example_shape(config))
-  decode, _ = _decoder_or_fail(config)
   proto = image_io.PROTOCOLS[config.eval.protocol]
   rows = parallel.batch_sharding(mesh)
 
@@ -78,16 +82,28 @@ def _program(
     u8 = image_io.to_uint8(decode(aux, x0), proto.rounding)
     return image_io.to_rgb(u8, jnp)
 
-  if not fused:
+  if inception_module is None:
     return jax.jit(images, out_shardings=rows)
-  module, _ = _inception(config.eval.inception_path)
 
   def images_and_features(params, aux, key, variables):
     u8 = images(params, aux, key)
     size = config.eval.inception_size
-    return u8, features.pool3(module, variables, u8, size)
+    return u8, features.pool3(inception_module, variables, u8, size)
 
   return jax.jit(images_and_features, out_shardings=(rows, rows))
+
+
+@functools.lru_cache(maxsize=8)
+def _program(
+  frozen: ml_collections.FrozenConfigDict,
+  sigmas: tuple[float, ...],
+  mesh: jax.sharding.Mesh,
+  fused: bool,
+) -> Callable[..., Any]:
+  """sample_program of a run's own decoder (and Inception when fused)."""
+  decode, _ = _decoder_or_fail(frozen)
+  module = _inception(frozen.eval.inception_path)[0] if fused else None
+  return sample_program(frozen, sigmas, mesh, decode, module)
 
 
 def _save(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
