@@ -411,7 +411,7 @@ def time_fid_features(batch: int = 16, repeats: int = 3) -> dict[str, Any]:
   }
 
 
-def _print_table(rows: dict[str, dict], keys: list[str] | None = None) -> None:
+def print_table(rows: dict[str, dict], keys: list[str] | None = None) -> None:
   """A markdown table: one column per row of `rows` (figures down)."""
   keys = keys or list(dict.fromkeys(k for r in rows.values() for k in r))
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -432,9 +432,9 @@ XLA_CPU_NOTE = (  # Measured on the paper UNet, fwd+bwd at batch 8, 2 cores.
 
 def _train_report(config, f) -> None:
   r = time_train_step(config, f.steps, f.warmup)
-  _print_table({"train step": r})
+  print_table({"train step": r})
   print("\n# paper runs at this achieved model FLOP/s:")
-  _print_table(flops.project_paper_runs(r["achieved_tflop_per_s"] * 1e12))
+  print_table(flops.project_paper_runs(r["achieved_tflop_per_s"] * 1e12))
 
 
 def main(argv):
@@ -463,7 +463,7 @@ def main(argv):
   if f.mode == "train":
     _train_report(config, f)
   else:
-    _print_table(tables[f.mode]())
+    print_table(tables[f.mode]())
   assert "tensorflow" not in sys.modules, "TensorFlow leaked onto the hot path"
 
 

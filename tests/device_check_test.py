@@ -20,6 +20,9 @@ def test_device_check_small_on_two_cpu_devices():
   for check in ("compiles", "exact OT", "1 vs n"):
     assert f"| {check} | yes |" in out, out
   assert "1 compile(s) for N 11 -> 21" in out
-  rows = [line for line in out.splitlines() if line.startswith("| float32 |")]
-  rows += [line for line in out.splitlines() if line.startswith("| bfloat16 |")]
-  assert len(rows) == 2, out
+  assert "| figure | float32 | bfloat16 |" in out, out
+  assert "| figure | B=64 |" in out, out  # OT pairing table.
+  assert "| figure | remat=False | remat=True |" in out, out
+  assert "| figure | onestep | twostep |" in out, out  # fused FID program.
+  for key in ("steps_per_s", "mfu", "ot_share", "device_peak_gib"):
+    assert f"| {key} |" in out, out

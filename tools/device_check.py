@@ -11,9 +11,10 @@ what the image lacks first). On whatever devices JAX sees, it checks:
   1 vs n        one train step on 1 device and on all devices agree
 
 and then times the train step of the config in float32 and bfloat16
-(`benchmark.time_train_step`: steps/s, images/s, compile, memory, FLOPs and
-MFU when the benchmark reports them) and prints one table. Exits 1 if a check
-fails.
+(`benchmark.time_train_step`: steps/s, images/s, init and compile seconds,
+model and XLA FLOPs, MFU, OT share, memory), the OT pairing at 128 to 4096
+examples, the step's compiled memory with and without model.remat, and the
+fused FID program's images/s, each as one table. Exits 1 if a check fails.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ilct_jax import benchmark, coupling, parallel  # noqa: E402
+from ilct_jax import benchmark, coupling, flops, parallel  # noqa: E402
 from ilct_jax import state as state_lib  # noqa: E402
 from ilct_jax import step as step_lib  # noqa: E402
 
@@ -86,6 +87,27 @@ def check_one_vs_all_devices(config) -> tuple[bool, str]:
   return rel < 1e-3, f"loss {losses[0]:.6g} vs {losses[1]:.6g} (rel {rel:.1e})"
 
 
+def speed_tables(config, small: bool, step_s: float) -> None:
+  """OT by size, compiled memory with and without remat, eval throughput."""
+  print(f"\n# OT pairing alone; share of the bf16 step ({step_s:.4g} s)")
+  if small:
+    ot = {"B=64": benchmark.time_ot(64, 64, repeats=2)}
+  else:
+    ot = benchmark.time_ot_sizes(4096, step_s)
+  benchmark.print_table(ot)
+  print("\n# step memory per device (XLA, compiled against an abstract state)")
+  mem = {}
+  for remat in (False, True):
+    c = config.copy_and_resolve_references()
+    c.model.remat = remat
+    mem[f"remat={remat}"] = flops.memory_estimate(c)
+  benchmark.print_table(mem)
+  print("\n# fused FID program (sample -> decode -> features), random weights")
+  c = config.copy_and_resolve_references()
+  c.eval.batch_size = config.train.batch_size
+  benchmark.print_table(benchmark.time_eval(c, repeats=2))
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--small", action="store_true", help="tiny config")
@@ -112,14 +134,9 @@ def main() -> int:
     c = config.copy_and_resolve_references()
     c.model.dtype = dtype
     rows[dtype] = benchmark.time_train_step(c, args.steps, warmup=2)
-  keys = [k for k in rows["float32"] if not k.startswith("num_scales")]
-  print(f"\n| {config.train.batch_size} per step | " + " | ".join(keys) + " |")
-  print("|---" * (len(keys) + 1) + "|")
-  for dtype, r in rows.items():
-    cells = [
-      f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys
-    ]
-    print(f"| {dtype} | " + " | ".join(cells) + " |")
+  print(f"\n# train step, global batch {config.train.batch_size}")
+  benchmark.print_table(rows)
+  speed_tables(config, args.small, rows["bfloat16"]["step_s"])
   return 0 if all(ok for ok, _ in checks.values()) else 1
 
 
