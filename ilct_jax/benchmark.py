@@ -248,7 +248,8 @@ def time_model(
   figures = {"batch": float(batch), "params": float(unet.count_params(params))}
   for name, fn in programs.items():
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(params, x, labels).compile()
+    jitted = jax.jit(fn, compiler_options=parallel.compiler_options())
+    compiled = jitted.lower(params, x, labels).compile()
     figures[f"{name}_compile_s"] = time.perf_counter() - start
     figures[f"{name}_gflop"] = flops.matmul_flops(fn, params, x, labels) / 1e9
     figures[f"{name}_xla_gflop"] = (
@@ -424,10 +425,7 @@ def print_table(rows: dict[str, dict], keys: list[str] | None = None) -> None:
     )
 
 
-XLA_CPU_NOTE = (  # Measured on the paper UNet, fwd+bwd at batch 8, 2 cores.
-  "# XLA:CPU flags: none set (oneDNN, XNN/YNN fusions, fast math, 512-bit "
-  "vectors gained nothing beyond noise)"
-)
+XLA_CPU_NOTE = f"# XLA:CPU options of the step: {parallel.CPU_COMPILER_OPTIONS}"
 
 
 def _train_report(config, f) -> None:

@@ -45,24 +45,30 @@ class TrainState(flax.struct.PyTreeNode):
 
     The optimizer is passed in rather than stored: a stored transformation
     would make the pytree metadata (and so the jit cache key) differ per
-    instance.
+    instance. The skip is a `lax.cond`, not a select of new against old
+    values: a select reads and writes every parameter, moment and EMA once
+    more (0.47 s of a 3.7 s paper step on CPU, benchmark --mode=train),
+    while the cond runs one branch and updates the donated buffers in place.
     """
-    updates, opt_state = tx.update(grads, self.opt_state, self.params)
-    params = optax.apply_updates(self.params, updates)
-    emas = tuple(
-      jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
-      for d, ema in zip(self.ema_decays, self.ema_params)
-    )
-    keep = lambda new, old: jax.tree.map(
-      lambda a, b: jnp.where(finite, a, b), new, old
-    )
-    return self.replace(
-      step=self.step + 1,
-      params=keep(params, self.params),
-      ema_params=keep(emas, self.ema_params),
-      opt_state=keep(opt_state, self.opt_state),
-      nonfinite=self.nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
-    )
+
+    def update(state: "TrainState") -> "TrainState":
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      emas = tuple(
+        jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+        for d, ema in zip(state.ema_decays, state.ema_params)
+      )
+      return state.replace(
+        step=state.step + 1,
+        params=params,
+        ema_params=emas,
+        opt_state=opt_state,
+      )
+
+    def skip(state: "TrainState") -> "TrainState":
+      return state.replace(step=state.step + 1, nonfinite=state.nonfinite + 1)
+
+    return jax.lax.cond(finite, update, skip, self)
 
   def ema(self, decay: float) -> PyTree:
     """EMA params for `decay`; 0 returns the online params."""

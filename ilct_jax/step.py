@@ -167,4 +167,5 @@ def compile_train_step(
     donate_argnums=0,
     in_shardings=(state_sh, parallel.batch_sharding(mesh)),
     out_shardings=(state_sh, replicated),
+    compiler_options=parallel.compiler_options(),
   )

@@ -12,6 +12,16 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_llvm_disable_expensive_passes=true"
 ).strip()
 
+import sys  # noqa: E402
+
+# torch (CPU parity tests only) imports triton lazily, e.g. from
+# torch.optim; loading triton's shared library into a process where jaxlib
+# already runs segfaults inside libjax_common.so (seen with
+# `pytest -n 2 tests/step_test.py tests/optim_test.py`). Triton is GPU-only
+# and unused here: a None entry makes `import triton` fail cleanly, and
+# torch then runs without it.
+sys.modules.setdefault("triton", None)
+
 import jax  # noqa: E402
 
 # Must run before any backend is initialised (flax imagenet train_test.py).
