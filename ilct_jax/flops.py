@@ -20,7 +20,6 @@ compiler executes: rematerialization or padding do not raise it).
 
 import os
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ import numpy as np
 
 from ilct_jax import analysis, parallel, train
 from ilct_jax import state as state_lib
-from ilct_jax import step as step_lib
 
 # Dense (no sparsity) peak TFLOP/s per chip by matmul dtype. "float32" is
 # what a float32 matmul runs at under JAX's default precision: TF32 tensor
@@ -214,16 +212,11 @@ def memory_estimate(config: ml_collections.ConfigDict) -> dict[str, float]:
   device, known before any array exists.
   """
   mesh = parallel.make_mesh()
-  fn = step_lib.compile_train_step(config, mesh, max(config.train.num_steps, 1))
   state = state_lib.abstract_sharded_state(config, mesh)
-  shape = (config.train.batch_size, *state_lib.example_shape(config))
-  batch = jax.ShapeDtypeStruct(
-    shape, jnp.float32, sharding=parallel.batch_sharding(mesh)
-  )
-  start = time.perf_counter()
-  compiled = fn.lower(state, batch).compile()
-  figures = {"compile_s": time.perf_counter() - start}
-  figures.update(step_accounting(config, compiled, mesh.size))
+  steps = max(config.train.num_steps, 1)
+  step = train.compile_step(config, mesh, state, steps)  # As training does.
+  figures = {"compile_s": step.stats["compile_seconds"]}
+  figures.update(step_accounting(config, step.compiled, mesh.size))
   figures["remat"] = float(config.model.get("remat", False))
   return figures
 
