@@ -348,3 +348,34 @@ def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
   config = setup["config"](out)
   config.data.stats_path = str(out / "stats.npz")
   _train_sample_decode(config, tmp_path)
+
+
+def test_fig1_reads_an_encoded_latent_set(setup, tmp_path, capsys):
+  """`analysis fig1 --source=latents --config=...` on the encoded set."""
+  from ilct_jax import analysis, checkpointing
+
+  config = setup["config"](setup["ref"])
+  checkpointing.write_config(config, str(tmp_path))
+  path = str(tmp_path / "config.json")
+  values = analysis.load_source("latents", config=path)
+  array = latents.open_latents(config)
+  assert values.shape == (N_IMAGES, 8, 8, 4)
+  np.testing.assert_allclose(
+    values, np.asarray(array[np.arange(len(array))]), rtol=1e-6
+  )
+  # Per-element stats of this very set: every element has mean 0 and
+  # (unbiased) std sigma_data, so each channel's pooled std is
+  # sigma_data * sqrt((n - 1) / n).
+  n, sigma = N_IMAGES, config.ct.sigma_data
+  flat = values.reshape(-1, 4)
+  np.testing.assert_allclose(flat.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(flat.std(0), sigma * np.sqrt((n - 1) / n), 1e-4)
+  out = str(tmp_path / "fig1.png")
+  analysis.main(
+    ["fig1", "--source=latents", f"--config={path}", f"--out={out}"]
+  )
+  text = capsys.readouterr().out
+  rows = [line.split() for line in text.splitlines()]
+  channels = [r for r in rows if r and r[0] in ("0", "1", "2", "3")]
+  assert len(channels) == 4 and "gaussian" in text, text
+  assert os.path.getsize(out) > 0
