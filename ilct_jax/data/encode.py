@@ -32,7 +32,6 @@ import concurrent.futures
 import os
 import sys
 import tempfile
-import time
 from typing import Any, Callable
 
 import jax
@@ -43,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ilct_jax import cli, parallel, rng, storage
+from ilct_jax import progress as progress_lib
 from ilct_jax.data import latents, tfds_images
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
@@ -148,32 +148,6 @@ def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
       )
     logging.info("Resuming the partial encode in %s", out_dir)
   storage.write_json(plan_path, plan)
-
-
-class _Progress:
-  """Logs examples done, rate and ETA at most every _LOG_EVERY_S seconds."""
-
-  def __init__(self, todo: int, label: str):
-    self.todo, self.done, self.label = todo, 0, label
-    self.start = self.last = time.perf_counter()
-
-  def update(self, n: int) -> None:
-    self.done += n
-    now = time.perf_counter()
-    if now - self.last < _LOG_EVERY_S and self.done < self.todo:
-      return
-    self.last = now
-    rate = self.done / max(now - self.start, 1e-9)
-    eta = (self.todo - self.done) / max(rate, 1e-9)
-    logging.info(
-      "%s: %d/%d examples (%.1f%%), %.1f images/s, ETA %dm%02ds",
-      self.label,
-      self.done,
-      self.todo,
-      100.0 * self.done / max(self.todo, 1),
-      rate,
-      *divmod(int(eta), 60),
-    )
 
 
 def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
@@ -300,7 +274,9 @@ def encode_part(
     return 0
   _, encode, batch = make_encoder(config, mesh)
   images = tfds_images.make_array(config, plan["source"]["image_size"])
-  progress = _Progress(count, f"encode {plan['source']['name']}")
+  progress = progress_lib.Progress(
+    count, f"encode {plan['source']['name']}", "examples", _LOG_EVERY_S
+  )
   for j, (lo, hi) in zip(todo, bounds):
     write_chunk(out_dir, shards[j], encode_chunk(encode, images, lo, hi, batch))
     progress.update(hi - lo)

@@ -21,7 +21,6 @@ order, on every process.
 import concurrent.futures
 import functools
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from ilct_jax import parallel, rng, sampling, storage
+from ilct_jax import progress as progress_lib
 from ilct_jax import state as state_lib
 from ilct_jax.evaluation import features, generate, image_io
 from ilct_jax.models import convert_inception
@@ -121,32 +120,6 @@ def _save(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
   return out
 
 
-class _Progress:
-  """'FID features: n/N images, r/s, ETA' at most every 30 s (process 0)."""
-
-  def __init__(self, total: int):
-    self.total, self.done = total, 0
-    self.start = self.last = time.perf_counter()
-
-  def update(self, n: int) -> None:
-    self.done += n
-    now = time.perf_counter()
-    if jax.process_index() > 0:
-      return
-    if now - self.last < _LOG_EVERY_S and self.done < self.total:
-      return
-    self.last = now
-    rate = self.done / max(now - self.start, 1e-9)
-    eta = (self.total - self.done) / max(rate, 1e-9)
-    logging.info(
-      "FID features: %d/%d images, %.1f/s, ETA %.0f s",
-      self.done,
-      self.total,
-      rate,
-      eta,
-    )
-
-
 def _batches(config, params, sampler, num, save_dir) -> Iterator[tuple]:
   """Yields (local features, their sample indices) batch by batch."""
   ev = config.eval
@@ -208,7 +181,9 @@ def sample_features(
   """
   if save_dir:
     storage.makedirs(save_dir)
-  progress = _Progress(num)
+  progress = progress_lib.Progress(
+    num, "FID features", "images", _LOG_EVERY_S, all_processes=False
+  )
   feats, index = [], []
   for f, i in _batches(config, params, sampler, num, save_dir):
     feats.append(f)
