@@ -8,12 +8,11 @@ on the 8-device mesh and checks the override took effect in the step.
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from ilct_jax import parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
+from tests import cli_config
 
 C0_TINY = 0.00054 * 8.0  # c0 for d = 8 * 8 * 1.
 
@@ -64,22 +63,11 @@ ABLATIONS = [
 ]
 
 
-def parse(overrides: list[str]):
-  """Builds the config exactly as the CLI does (lock_config=True)."""
-  fv = flags.FlagValues()
-  argv = ["prog", "--config=configs/tiny.py", *overrides]
-  config_flags.DEFINE_config_file(
-    "config", flag_values=fv, lock_config=True, sys_argv=argv
-  )
-  fv(argv)
-  return fv.config
-
-
 @pytest.mark.parametrize(
   "overrides,check", [a[1:] for a in ABLATIONS], ids=[a[0] for a in ABLATIONS]
 )
 def test_ablation_is_one_override_and_runs(overrides, check):
-  config = parse(overrides)
+  config = cli_config.parse(["--config=configs/tiny.py", *overrides])
   for flag in overrides:
     path, value = flag.removeprefix("--config.").split("=")
     group, leaf = path.split(".")

@@ -1,10 +1,13 @@
 """Real multi-process JAX: a 2-process cluster on 127.0.0.1, preemption, kill.
 
-Every run here is a separate `python` process (tests/cluster.py) of the real
-program, on CPU devices of its own: 2 processes x 2 devices form one 4-device
-JAX cluster (gloo collectives), compared with 1 process x 4 devices. The
-config is configs/tiny.py with 24 steps (three curriculum stages, exact OT
-over the global batch of 16) and a checkpoint every 8 steps.
+Every 2-process run here is two separate `python` processes (tests/cluster.py)
+of the real program, on CPU devices of their own: 2 processes x 2 devices form
+one 4-device JAX cluster (gloo collectives). It is compared with one process
+on 4 devices: the same training function run in this pytest process on 4 of
+its 8 CPU devices (a subprocess would only add its start-up; the exit code 75
+of a preempted process is checked on the 2-process runs). The config is
+configs/tiny.py with 24 steps (three curriculum stages, exact OT over the
+global batch of 16) and a checkpoint every 8 steps.
 """
 
 import glob
@@ -16,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, preemption
+from ilct_jax import checkpointing, parallel, preemption, train
+from tests import cli_config
 from tests.cluster import Cluster
 
 STEPS = 24
@@ -68,19 +72,22 @@ def _reached(progress: str, step: int, processes: int) -> bool:
   return True
 
 
+def _train_one_process(workdir) -> None:
+  """ilct_jax.main's training with ARGS, here, on 4 devices."""
+  mesh = parallel.make_mesh(jax.devices()[:4])
+  train.train_and_evaluate(cli_config.parse(ARGS), str(workdir), mesh=mesh)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """Uninterrupted reference runs: 1 x 4 devices and 2 x 2 devices."""
   root = tmp_path_factory.mktemp("cluster")
-  one = Cluster(root, "one", processes=1, devices=4)
   two = Cluster(root, "two", processes=2, devices=2)
   try:
-    one.start([*ARGS, f"--workdir={root / 'one'}"])
-    assert one.wait() == [0], one.output()
     two.start([*ARGS, f"--workdir={root / 'two'}"])
+    _train_one_process(root / "one")  # While the cluster runs.
     assert two.wait() == [0, 0], two.output()
   finally:
-    one.close()
     two.close()
   return {"root": root, "one": root / "one", "two": root / "two"}
 
@@ -152,38 +159,46 @@ def test_killed_then_sigterm_then_resumed_run_matches(runs, tmp_path):
 
 
 def test_single_process_sigterm_saves_and_a_finished_run_exits_at_once(
-  runs, tmp_path
+  runs, tmp_path, monkeypatch
 ):
+  """SIGTERM to this process after step 3: a checkpoint at step 3 (not a
+  periodic save) and Preempted; the same call again resumes there and ends
+  equal to the uninterrupted run; a finished run returns without a step."""
   workdir = str(tmp_path / "run")
-  progress = str(tmp_path / "progress")
-  one = Cluster(tmp_path, "one", processes=1, devices=4)
-  try:
-    one.start(
-      [*ARGS, f"--workdir={workdir}"],
-      ILCT_TEST_STEP_SLEEP="0.25",
-      ILCT_TEST_PROGRESS=progress,
-    )
+  real_compile = train.compile_step
+  steps_run = []
+  handler = signal.getsignal(signal.SIGTERM)
 
-    one.wait_for(lambda: _reached(progress, 3, 1), "step 3")
-    one.signal(signal.SIGTERM)
-    assert one.wait() == [preemption.EXIT_PREEMPTED], one.output()
-    stopped = _steps(workdir)[-1]
-    assert 3 <= stopped < 8, (stopped, one.output())  # Not a periodic save.
-    one.start([*ARGS, f"--workdir={workdir}"])
-    assert one.wait() == [0], one.output()
-    assert f"Restored checkpoint step {stopped}" in one.output()
+  def compile_step(*args, **kwargs):
+    fn = real_compile(*args, **kwargs)
 
-    # The finished reference run, started again: one line, no compile.
-    one.start([*ARGS, f"--workdir={runs['one']}"])
-    assert one.wait() == [0]
-    last = one.output().split("== ")[-1]
-    assert f"Run complete: step {STEPS} of {STEPS}" in last
-    assert "Compiled train step" not in last
-  finally:
-    one.close()
+    def step(state, batch):
+      state, metrics = fn(state, batch)
+      steps_run.append(int(jax.device_get(state.step)))
+      if steps_run[-1] == 3:
+        assert signal.getsignal(signal.SIGTERM) != handler  # The run's.
+        os.kill(os.getpid(), signal.SIGTERM)
+      return state, metrics
+
+    return step
+
+  monkeypatch.setattr(train, "compile_step", compile_step)
+  with pytest.raises(preemption.Preempted, match="saved at step 3"):
+    _train_one_process(workdir)
+  assert _steps(workdir) == [3] and steps_run == [1, 2, 3]
+  assert signal.getsignal(signal.SIGTERM) == handler  # Put back.
+
+  steps_run.clear()
+  _train_one_process(workdir)
+  assert steps_run == list(range(4, STEPS + 1))  # Resumed at step 3.
   _, params = _params(workdir)
   _, reference = _params(runs["one"])
   chex.assert_trees_all_equal(params, reference)
+
+  steps_run.clear()  # The finished reference run: nothing compiles or runs.
+  monkeypatch.setattr(train, "compile_step", None)
+  _train_one_process(runs["one"])
+  assert steps_run == []
 
 
 def test_two_process_sample_mode_reads_config_json(runs, tmp_path):

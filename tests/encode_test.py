@@ -339,13 +339,18 @@ def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
       rtol=1e-4,
       atol=1e-5,
     )
-    two.start(args, ILCT_TEST_PROGRAM="encode")  # Finished: refused.
-    assert two.wait() == [1, 1]
-    last = two.output().split("== ")[-2].strip().splitlines()[-1]
-    assert last.startswith("error: ") and "--overwrite" in last
   finally:
     two.close()
   config = setup["config"](out)
+  # Finished: the CLI (one process now) refuses a second encode in one line.
+  one = Cluster(tmp_path, "again", processes=1, devices=1)
+  try:
+    one.start(args, ILCT_TEST_PROGRAM="encode")
+    assert one.wait() == [1]
+    last = one.output().strip().splitlines()[-1]
+    assert last.startswith("error: ") and "pass --overwrite" in last, last
+  finally:
+    one.close()
   config.data.stats_path = str(out / "stats.npz")
   _train_sample_decode(config, tmp_path)
 

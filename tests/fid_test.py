@@ -16,8 +16,7 @@ from PIL import Image
 from ilct_jax import benchmark
 from ilct_jax.evaluation import features, fid
 from ilct_jax.models import convert_inception, inception
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import cluster
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +370,7 @@ def test_cli_writes_stats_that_load(net, tmp_path):
     sys.executable, "-m", "ilct_jax.evaluation.features", f"--inception={ckpt}",
     f"--images={tmp_path / 'imgs'}", f"--out={out}", "--batch_size=2",
   ]  # fmt: skip
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  env = cluster.env(devices=1)
   result = subprocess.run(cmd, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   assert (

@@ -29,11 +29,11 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, storage
+from ilct_jax import checkpointing, parallel, storage, train
 from ilct_jax.data import image_ops, latents
-from ilct_jax.evaluation import fid, image_io
+from ilct_jax.evaluation import fid, generate, image_io
 from ilct_jax.models import vae as vae_lib
-from tests import cluster
+from tests import cli_config, cluster
 from tests.cluster import Cluster
 
 BUCKET = "ilct-test"
@@ -163,7 +163,9 @@ def test_every_file_kind_round_trips_through_gs(gcs, tmp_path):
   ]
 
 
-def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path):
+def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
+  """A training process SIGKILLed after its step-2 save; the run resumed
+  and sampled (`--mode=sample`'s function, config from config.json) here."""
   workdir = f"gs://{BUCKET}/run"
   args = [
     "--config=configs/tiny.py",
@@ -178,13 +180,28 @@ def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path):
     run.wait_for(lambda: os.path.exists(f"{ready}.0"), "the step-2 save")
     run.signal(signal.SIGKILL)
     run.wait()
-    run.start(args, 120, **env)
-    assert run.wait() == [0], run.output()
-    assert "Restored checkpoint step 2" in run.output()
-    run.start(["--mode=sample", f"--workdir={workdir}"], 120, **env)
-    assert run.wait() == [0], run.output()
   finally:
     run.close()
+  # The same run resumed in this process (the TensorBoard writer redirected
+  # as in the subprocess); it must start from the step-2 checkpoint.
+  real_writer, real_restore = train.create_writer, checkpointing.restore
+  restored = []
+
+  def restore(*a, **k):
+    state, saved = real_restore(*a, **k)
+    restored.append(int(jax.device_get(state.step)))
+    return state, saved
+
+  monkeypatch.setattr(
+    train, "create_writer", lambda _: real_writer(env["ILCT_TEST_LOCAL_TB"])
+  )
+  monkeypatch.setattr(checkpointing, "restore", restore)
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  train.train_and_evaluate(
+    cli_config.parse(args[:1] + args[2:]), workdir, mesh=mesh
+  )
+  assert restored == [2]
+  generate.run(checkpointing.read_config(workdir), workdir)
   objects = _objects("run")
   assert "run/config.json" in objects
   steps = {p.split("/")[2] for p in objects if p.startswith("run/checkpoints/")}

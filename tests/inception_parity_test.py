@@ -33,8 +33,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from ilct_jax.evaluation import features, fid  # noqa: E402
 from ilct_jax.models import convert_inception, inception  # noqa: E402
+from tests import cluster  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4  # Issue 6: pool3 relative error <= 1e-4 in float32.
 
 
@@ -208,7 +208,7 @@ def test_legacy_pth_format_and_cli(models, tmp_path):
   out = str(tmp_path / "cli.npz")
   cmd = [sys.executable, "-m", "ilct_jax.models.convert_inception"]
   cmd += [f"--pth={legacy}", f"--out={out}"]
-  env = {**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"}
+  env = cluster.env(devices=1)
   result = subprocess.run(cmd, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   _, loaded = convert_inception.load_inception(out)

@@ -23,7 +23,7 @@ from ilct_jax import checkpointing, consistency, parallel, storage
 from ilct_jax import inspect as run_inspect
 from ilct_jax.evaluation import generate
 from ilct_jax.models import unet
-from tests import gcs_test
+from tests import cluster, gcs_test
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,8 +108,7 @@ def test_grids_show_the_samples_of_the_training_grids(summary, run_dir):
 
 def test_cli(run_dir, tmp_path):
   out = str(tmp_path / "cli.png")
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cluster.env(devices=1)
   cmd = [sys.executable, "-m", "ilct_jax.inspect", run_dir, "--num=4"]
   proc = subprocess.run(
     [*cmd, f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True

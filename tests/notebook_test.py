@@ -13,6 +13,8 @@ import sys
 
 import pytest
 
+from tests import cluster
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "inspect_checkpoint.ipynb")
 
@@ -24,8 +26,9 @@ def _text(cell) -> str:
 def test_notebook_runs_on_a_trained_run(run_dir, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   nbformat = pytest.importorskip("nbformat")
-  monkeypatch.setenv("ILCT_WORKDIR", run_dir)
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  # The kernel compiles as this session does, with its compile cache.
+  for key, value in cluster.env(devices=1, ILCT_WORKDIR=run_dir).items():
+    monkeypatch.setenv(key, value)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   assert all(not c.get("outputs") for c in nb.cells), "commit it unexecuted"
   client = nbclient.NotebookClient(
