@@ -1,10 +1,11 @@
 """Checkpoints that survive damage and topology changes; load_run.
 
-A module fixture trains the tiny config for 6 steps (checkpoints at 3 and 6)
-once; each damage test copies that workdir and breaks step 6 the way it
-happens in practice (a truncated array file, garbage metadata, flipped bytes
-inside an array file, a NaN in an EMA), then restores: step 6 must be moved
-to damaged_checkpoints/ with one warning line, and step 3 used.
+The golden run is the worker's tiny run (conftest.run_dir: 6 steps,
+checkpoints at 3 and 6); each damage test copies that workdir and breaks
+step 6 the way it happens in practice (a truncated array file, garbage
+metadata, flipped bytes inside an array file, a NaN in an EMA), then
+restores: step 6 must be moved to damaged_checkpoints/ with one warning
+line, and step 3 used.
 """
 
 import json
@@ -27,13 +28,13 @@ from ilct_jax.models import vae as vae_lib
 
 
 @pytest.fixture(scope="module")
-def golden(tmp_path_factory):
+def golden(run_dir):
+  """The worker's tiny run (conftest.run_dir) and its final state."""
   from configs import tiny
 
   config = tiny.get_config()
-  workdir = str(tmp_path_factory.mktemp("golden"))
-  final = train.train_and_evaluate(config, workdir)
-  return {"config": config, "workdir": workdir, "final": final}
+  final = train.train_and_evaluate(config, run_dir)  # Complete: restores.
+  return {"config": config, "workdir": run_dir, "final": final}
 
 
 def _copy(golden, tmp_path) -> str:
