@@ -101,7 +101,7 @@ def sync(name: str) -> None:
 
 
 def define_cluster_flags() -> None:
-  """The cluster flags of every multi-host entry point (main, encode, eval).
+  """The cluster flags (and --compile_cache) of main, encode and eval.
 
   Defined by each program's `__main__` only, so modules import cleanly side
   by side.
@@ -123,6 +123,12 @@ def define_cluster_flags() -> None:
     "local_device_ids",
     None,
     "Devices of this host this process uses (e.g. 0,1); default: all.",
+  )
+  flags.DEFINE_string(
+    "compile_cache",
+    "~/.cache/ilct_jax/xla",
+    "JAX's persistent compilation cache (local or gs://): a restart loads "
+    "the compiled step instead of compiling it again. '' turns it off.",
   )
 
 
