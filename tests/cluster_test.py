@@ -12,6 +12,7 @@ global batch of 16) and a checkpoint every 8 steps.
 
 import glob
 import os
+import shutil
 import signal
 
 import chex
@@ -112,25 +113,26 @@ def test_two_processes_agree_with_one_process(runs):
 
 
 def test_killed_then_sigterm_then_resumed_run_matches(runs, tmp_path):
-  """SIGKILL both after the step-8 save, restart; SIGTERM both mid-run
-  (exit 75, checkpoint at that step), restart: the final parameters equal
-  the uninterrupted 2-process run's."""
-  workdir = str(tmp_path / "run")
-  ready = str(tmp_path / "ready")
+  """A run SIGKILLed right after its step-8 save, restarted; SIGTERM to both
+  processes mid-run (exit 75, checkpoint at that step), restarted: the final
+  parameters equal the uninterrupted 2-process run's.
+
+  What a SIGKILL right after the step-8 save leaves on disk is config.json
+  and a complete checkpoint 8, bit for bit the uninterrupted run's (the same
+  program on the same data): the test copies those instead of running and
+  killing a third cluster (tests/gcs_test.py kills a real process after a
+  save, then resumes it).
+  """
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  shutil.copy(runs["two"] / "config.json", workdir / "config.json")
+  shutil.copytree(
+    runs["two"] / "checkpoints" / "8", workdir / "checkpoints" / "8"
+  )
+  workdir = str(workdir)
+  assert _steps(workdir) == [8]
   two = Cluster(tmp_path, "kill", processes=2, devices=2)
   try:
-    two.start(
-      [*ARGS, f"--workdir={workdir}"],
-      ILCT_TEST_HANG_AFTER="8",
-      ILCT_TEST_READY=ready,
-    )
-    two.wait_for(
-      lambda: all(os.path.exists(f"{ready}.{i}") for i in range(2)),
-      "both processes to write the step-8 checkpoint",
-    )
-    two.kill()
-    assert _steps(workdir) == [8]
-
     progress = str(tmp_path / "progress")
     two.start(
       [*ARGS, f"--workdir={workdir}"],
@@ -147,6 +149,7 @@ def test_killed_then_sigterm_then_resumed_run_matches(runs, tmp_path):
     stopped = _steps(workdir)[-1]
     assert 10 <= stopped < STEPS and stopped % 8, (stopped, two.output())
     assert "preempted: checkpoint saved at step" in two.output()
+    assert "Restored checkpoint step 8" in two.output()
 
     two.start([*ARGS, f"--workdir={workdir}"])
     assert two.wait() == [0, 0], two.output()
