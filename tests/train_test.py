@@ -18,9 +18,10 @@ from ilct_jax.evaluation import generate
 
 
 def test_crash_then_resume_is_bit_identical(
-  tiny_config, tmp_path, monkeypatch, crash_after
+  tiny_config, tmp_path, monkeypatch, crash_after, run_dir
 ):
-  straight = train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+  # The uninterrupted run: the worker's tiny run (restored when complete).
+  straight = train.train_and_evaluate(tiny_config, run_dir)
   assert int(straight.step) == 6
 
   workdir = str(tmp_path / "b")
