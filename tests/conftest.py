@@ -108,16 +108,16 @@ def crash_after(monkeypatch):
   return arm
 
 
-# The files that take longest (seconds of the 2-core suite, `--durations=0`)
-# run first: pytest-xdist hands out whole files (`--dist loadfile`) in
+# The files that take longest (`pytest --durations=0` on 2 cores, longest
+# first) run first: pytest-xdist hands out whole files (`--dist loadfile`) in
 # collection order (`--no-loadscope-reorder` in pyproject.toml keeps it), so
 # the long ones start at once and the short ones fill in around them.
 SLOW_FILES_FIRST = (
-  "cluster_test.py",  # 103 s: 2-process runs, SIGKILL and SIGTERM.
-  "ablations_test.py",  # 57 s: 15 train-step compiles.
-  "checkpointing_test.py",  # 41 s
-  "device_check_test.py",  # 39 s: tools/device_check.sh --small.
-  "gcs_test.py",  # 32 s: a GCS emulator and a killed process.
+  "cluster_test.py",  # 2-process clusters, SIGTERM, resume.
+  "ablations_test.py",  # 15 train-step compiles.
+  "checkpointing_test.py",  # Damage and topology, many restores.
+  "device_check_test.py",  # tools/device_check.sh --small.
+  "gcs_test.py",  # A GCS emulator and a killed process.
 )
 
 
