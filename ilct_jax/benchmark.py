@@ -20,6 +20,11 @@ they report is flops.py). Modes (`--mode`):
 Imports no TensorFlow: the figures are about the hot path alone.
 """
 
+from ilct_jax import hostmem
+
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
+
 import resource
 import statistics
 import sys
@@ -90,6 +95,7 @@ def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
   start = time.perf_counter()
   state = jax.block_until_ready(state_lib.create_train_state(config, mesh))
   init_s = time.perf_counter() - start
+  hostmem.release_free_memory()  # As train.compile_step does.
   rng = np.random.default_rng(0)
   batch = jax.device_put(
     rng.normal(0, 0.5, shape).astype(np.float32), parallel.batch_sharding(mesh)
@@ -444,6 +450,7 @@ def main(argv):
   print(f"# device: {dev.platform} {dev.device_kind} x{jax.device_count()}")
   if dev.platform == "cpu":
     print(XLA_CPU_NOTE)
+  print(f"# host malloc: {hostmem.huge_pages_note()} (ilct_jax/hostmem.py)")
   tables = {
     "recipes": lambda: compare_recipes(config, f.steps, f.warmup),
     "model": lambda: {

@@ -7,6 +7,11 @@ mode. `--mode=sample` and `--mode=eval` read the run's config.json when no
 (run the same command again), 1 error.
 """
 
+from ilct_jax import hostmem
+
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
+
 import sys
 
 import jax

@@ -28,6 +28,11 @@ merges the per-chunk moments and writes stats.npz and the manifest. The
 output directory must be shared by all hosts.
 """
 
+from ilct_jax import hostmem
+
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
+
 import concurrent.futures
 import os
 import sys

@@ -12,6 +12,11 @@ features. Output: WORKDIR/eval/metrics_<step>.json and TensorBoard
 python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
 """
 
+from ilct_jax import hostmem
+
+if __name__ == "__main__":
+  hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
+
 import functools
 import io
 import time

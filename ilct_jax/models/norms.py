@@ -15,6 +15,13 @@ emits far faster than one reduction over (H, W, channels-of-a-group) of a
 gradient once for all its sums (the two of the standardization and those of
 the affine parameters) and once more for the input gradient. Autodiff of
 the same forward re-reads the activations about twice as often.
+
+Channels and groups meet only through a [groups, C] one-hot membership
+matrix (`_group_sum`, `_per_channel`): small [B, C] x [C, groups] products.
+Written as reshapes instead, XLA's simplifier carries the [B, groups, C/g]
+split into the full-size elementwise passes, which then loop over 5-d
+[B, H, W, groups, C/g] maps with a minor dimension of a few channels; on
+XLA:CPU that made the paper step 4% slower (docs/DESIGN.md, speed).
 """
 
 import functools
@@ -30,19 +37,26 @@ NORMS = ("nsln", "group", "layer", "rms", "instance")
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)  # torch.finfo(float32).eps.
 
 _HW = (1, 2)  # Spatial axes of an NHWC map.
+# Full float32 products: TPUs (bf16 passes) and GPUs (TF32) would otherwise
+# round the statistics in the membership products.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def _membership(groups: int, channels: int) -> jax.Array:
+  """[groups, C] float32 one-hot: row g marks the channels of group g."""
+  return jnp.repeat(jnp.eye(groups, dtype=jnp.float32), channels // groups, 1)
 
 
 def _group_sum(t: jax.Array, groups: int) -> jax.Array:
   """[B, C] per-channel values -> [B, groups] sums over each group."""
-  b, c = t.shape
-  return t.reshape(b, groups, c // groups).sum(axis=-1)
+  member = _membership(groups, t.shape[1])
+  return jnp.dot(t, member.T, precision=_EXACT)
 
 
 def _per_channel(t: jax.Array, channels: int) -> jax.Array:
   """[B, groups] per-group values -> [B, 1, 1, C] (each channel its group's)."""
-  b, groups = t.shape
-  t = jnp.broadcast_to(t[:, :, None], (b, groups, channels // groups))
-  return t.reshape(b, 1, 1, channels)
+  member = _membership(t.shape[1], channels)
+  return jnp.dot(t, member, precision=_EXACT).reshape(t.shape[0], 1, 1, -1)
 
 
 def _stats(x32: jax.Array, groups: int, eps: float, center: bool):
