@@ -111,9 +111,15 @@ def _normalize_fwd(x, scale, bias, groups, eps, center, dtype):
   return y.astype(dtype), (x, scale, bias, mean, rstd)
 
 
-def _param_sums(t: jax.Array, param):
-  """Sum of t [B, H, W, C] over the axes that `param` is broadcast along."""
+def _param_sums(t: jax.Array, param, per_sample: jax.Array | None = None):
+  """Sum of t [B, H, W, C] over the axes that `param` is broadcast along.
+
+  `per_sample`, the [B, C] sums of t over (H, W) when already computed,
+  finishes a per-channel parameter's sum without another pass over t.
+  """
   if param.ndim == 1:
+    if per_sample is not None:
+      return jnp.sum(per_sample, axis=0)
     return jnp.sum(t, axis=(0, 1, 2))
   return jnp.sum(t, axis=0)
 
@@ -125,15 +131,27 @@ def _normalize_bwd(groups, eps, center, dtype, res, dy):
   n = h * w * (c // groups)
   xhat = _standardized(x, mean, rstd)
   dy = dy.astype(jnp.float32)
-  d_scale = None if scale is None else _param_sums(dy * xhat, scale)
-  d_bias = None if bias is None else _param_sums(dy, bias)
-  dxhat = dy if scale is None else dy * scale
   # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means per
-  # (sample, group); without centring the mean(dxhat) term drops out.
-  g2 = _per_channel(_group_sum(jnp.sum(dxhat * xhat, _HW), groups) / n, c)
-  dx = dxhat - xhat * g2
+  # (sample, group); without centring the mean(dxhat) term drops out. With
+  # no scale or a per-channel one (dxhat = dy * scale_c), every sum comes
+  # from two (H, W) sums of the big maps, of dy and of dy * xhat; a
+  # per-element scale needs its own.
+  dy_xhat = dy * xhat
+  s_xy = jnp.sum(dy_xhat, _HW)  # [B, C]
+  s_y = jnp.sum(dy, _HW) if (center or bias is not None) else None
+  if scale is None or scale.ndim == 1:
+    dxhat = dy if scale is None else dy * scale
+    w_xy = s_xy if scale is None else s_xy * scale
+    w_y = None if s_y is None else (s_y if scale is None else s_y * scale)
+  else:
+    dxhat = dy * scale
+    w_xy = jnp.sum(dxhat * xhat, _HW)
+    w_y = jnp.sum(dxhat, _HW) if center else None
+  d_scale = None if scale is None else _param_sums(dy_xhat, scale, s_xy)
+  d_bias = None if bias is None else _param_sums(dy, bias, s_y)
+  dx = dxhat - xhat * _per_channel(_group_sum(w_xy, groups) / n, c)
   if center:
-    dx = dx - _per_channel(_group_sum(jnp.sum(dxhat, _HW), groups) / n, c)
+    dx = dx - _per_channel(_group_sum(w_y, groups) / n, c)
   return (rstd * dx).astype(x.dtype), d_scale, d_bias
 
 
