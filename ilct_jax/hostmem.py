@@ -8,7 +8,7 @@ speed; figures from the paper UNet, batch 8, on a 2-core CPU):
   faults in 4 KiB page by page: 275k page faults and 0.4 s of system time
   per step, plus TLB misses in every kernel. With glibc's tunable
   `glibc.malloc.hugetlb=1`, malloc asks for transparent huge pages on its
-  maps (madvise), and the step takes 12% less time (3.40 -> 3.01 s).
+  maps (madvise), and the step takes 13% less time (3.19 -> 2.76 s).
   glibc reads tunables only at process start, so `use_huge_pages()`, the
   first call of every program (`main`, `benchmark`, `data.encode`,
   `evaluation.evaluate`), runs the same command again with the tunable added
