@@ -487,13 +487,8 @@ def define_flags() -> None:
     "batch", 0, "--mode=ot: one batch size (0: the OT_SIZES table)."
   )
   flags.DEFINE_integer("dim", 4096, "Flattened size for --mode=ot.")
-  flags.DEFINE_float(
-    "step_s",
-    0.018,
-    "--mode=ot: an accelerator step (s) to state the exact pairing's share "
-    "of (default: the paper step's floor on one H100, 14.5 TFLOP at about "
-    "790 TFLOP/s).",
-  )
+  # Default: the paper step's floor on one H100 (14.5 TFLOP at ~790 TFLOP/s).
+  flags.DEFINE_float("step_s", 0.018, "--mode=ot: step (s) for OT's share.")
 
 
 if __name__ == "__main__":

@@ -50,12 +50,19 @@ def test_thp_mode_is_empty_without_the_file(tmp_path):
   assert hostmem.thp_mode(str(tmp_path / "absent")) == ""
 
 
-def _env(**extra):
+def _run(code: str, **extra_env) -> str:
+  """stdout of `python -c code` without GLIBC_TUNABLES or the opt-out."""
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   env.pop(hostmem.OPT_OUT, None)
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  env.update(extra)
-  return env
+  env.update(extra_env)
+  return subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout
 
 
 _PROBE = textwrap.dedent(
@@ -79,14 +86,8 @@ def _can_reexec() -> str:
 
 @pytest.mark.skipif(bool(_can_reexec()), reason=_can_reexec() or "-")
 def test_use_huge_pages_reexecutes_once_in_the_same_process():
-  out = subprocess.run(
-    [sys.executable, "-c", _PROBE],
-    env=_env(GLIBC_TUNABLES="glibc.malloc.arena_max=4"),
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout.split("\n")
-  lines = [line.split() for line in out if line]
+  out = _run(_PROBE, GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+  lines = [line.split() for line in out.split("\n") if line]
   # The first image prints "before" and execs; the second prints both.
   assert [line[0] for line in lines] == ["before", "before", "after"]
   assert len({line[1] for line in lines}) == 1, "a new process, not an exec"
@@ -96,13 +97,7 @@ def test_use_huge_pages_reexecutes_once_in_the_same_process():
 
 
 def test_opt_out_keeps_the_process_as_it_is():
-  out = subprocess.run(
-    [sys.executable, "-c", _PROBE],
-    env=_env(**{hostmem.OPT_OUT: "0"}),
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout.split()
+  out = _run(_PROBE, **{hostmem.OPT_OUT: "0"}).split()
   assert out[0] == "before" and out[3] == "after"
   assert out[2] == out[5] == "None"
 
@@ -135,13 +130,7 @@ _FRAGMENTS = textwrap.dedent(
   reason="malloc_trim is glibc's",
 )
 def test_release_free_memory_returns_the_holes_of_a_fragmented_heap():
-  out = subprocess.run(
-    [sys.executable, "-c", _FRAGMENTS],
-    env=_env(**{hostmem.OPT_OUT: "0"}),
-    capture_output=True,
-    text=True,
-    check=True,
-  ).stdout.split()
+  out = _run(_FRAGMENTS, **{hostmem.OPT_OUT: "0"}).split()
   held, after, released = float(out[0]), float(out[1]), out[2]
   assert released == "True"
   assert held - after > 0.15, (held, after)  # Of the ~0.19 GiB freed.

@@ -132,21 +132,18 @@ def _normalize_bwd(groups, eps, center, dtype, res, dy):
   xhat = _standardized(x, mean, rstd)
   dy = dy.astype(jnp.float32)
   # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), means per
-  # (sample, group); without centring the mean(dxhat) term drops out. With
-  # no scale or a per-channel one (dxhat = dy * scale_c), every sum comes
-  # from two (H, W) sums of the big maps, of dy and of dy * xhat; a
-  # per-element scale needs its own.
+  # (sample, group); without centring the mean(dxhat) term drops out.
   dy_xhat = dy * xhat
-  s_xy = jnp.sum(dy_xhat, _HW)  # [B, C]
-  s_y = jnp.sum(dy, _HW) if (center or bias is not None) else None
   if scale is None or scale.ndim == 1:
-    dxhat = dy if scale is None else dy * scale
-    w_xy = s_xy if scale is None else s_xy * scale
-    w_y = None if s_y is None else (s_y if scale is None else s_y * scale)
-  else:
+    # dxhat = dy * scale_c: every sum (these two means and the per-channel
+    # parameters' gradients) comes from two (H, W) sums of the big maps.
+    s_xy, s_y = jnp.sum(dy_xhat, _HW), jnp.sum(dy, _HW)  # [B, C] each
+    scale_c = 1.0 if scale is None else scale
+    dxhat, w_xy, w_y = dy * scale_c, s_xy * scale_c, s_y * scale_c
+  else:  # A per-element scale needs sums of its own.
+    s_xy = s_y = None
     dxhat = dy * scale
-    w_xy = jnp.sum(dxhat * xhat, _HW)
-    w_y = jnp.sum(dxhat, _HW) if center else None
+    w_xy, w_y = jnp.sum(dxhat * xhat, _HW), jnp.sum(dxhat, _HW)
   d_scale = None if scale is None else _param_sums(dy_xhat, scale, s_xy)
   d_bias = None if bias is None else _param_sums(dy, bias, s_y)
   dx = dxhat - xhat * _per_channel(_group_sum(w_xy, groups) / n, c)
