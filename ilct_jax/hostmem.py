@@ -71,17 +71,25 @@ def use_huge_pages() -> None:
   re-executed process finds the tunable set and carries on. A no-op where
   it cannot help (see the module docstring).
   """
-  if sys.platform != "linux" or not _glibc():
+  if sys.platform != "linux" or not _glibc() or not sys.executable:
     return
   if thp_mode() in ("never", ""):
     return
   tunables = tunables_with_huge_pages(dict(os.environ))
   if tunables is None:
     return
+  before = os.environ.get("GLIBC_TUNABLES")
   os.environ["GLIBC_TUNABLES"] = tunables
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execv(sys.executable, sys.orig_argv)
+  try:
+    os.execv(sys.executable, sys.orig_argv)
+  except OSError as e:  # Carry on as launched: only speed is at stake.
+    if before is None:
+      del os.environ["GLIBC_TUNABLES"]
+    else:
+      os.environ["GLIBC_TUNABLES"] = before
+    print(f"ilct_jax: running without huge pages ({e})", file=sys.stderr)
 
 
 def huge_pages_note() -> str:
