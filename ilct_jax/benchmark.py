@@ -46,6 +46,7 @@ from ilct_jax.models import autoencoder, inception, unet
 from ilct_jax.models import vae as vae_lib
 
 MODES = ("train", "recipes", "model", "ot", "memory", "eval", "vae", "fid")
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's name.
 PyTree = Any
 
 
@@ -55,15 +56,18 @@ def time_calls(fn: Callable[..., Any], args: tuple, repeats: int):
   Each call is waited for (`block_until_ready`); the first one includes the
   compile unless this process already compiled the same program.
   """
-  start = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - start
+  times = _call_times(fn, args, repeats + 1)
+  return times[0], statistics.median(times[1:])
+
+
+def _call_times(fn: Callable[..., Any], args: tuple, calls: int) -> list:
+  """Seconds of each of `calls` waited-for calls of fn(*args)."""
   times = []
-  for _ in range(repeats):
+  for _ in range(calls):
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
+  return times
 
 
 def _stage_boundary(config: ml_collections.ConfigDict, total: int) -> int:
@@ -78,29 +82,24 @@ def _stage_boundary(config: ml_collections.ConfigDict, total: int) -> int:
 
 
 def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
-  """(jitted step, fresh state, Gaussian batch, init and compile seconds).
+  """(compiled step, fresh state, Gaussian batch, init and compile seconds).
 
-  The step compiles against the abstract state first, so its compile time
-  is measured apart from the first call (which reuses that compile), then
-  the config's real initial state is created.
+  As training runs it (train.compile_step): compiled ahead of time for the
+  abstract state, keeping no jitted function (a live one keeps its lowering
+  cached: 0.3 GiB for the paper step), then the real state, then a trim.
   """
-  fn = step_lib.compile_train_step(config, mesh, total)
+  abstract = state_lib.abstract_sharded_state(config, mesh)
+  compiled, compile_s = step_lib.compile_ahead(config, mesh, abstract, total)
   shape = (config.train.batch_size, *state_lib.example_shape(config))
-  start = time.perf_counter()
-  x = jax.ShapeDtypeStruct(
-    shape, jnp.float32, sharding=parallel.batch_sharding(mesh)
-  )
-  fn.lower(state_lib.abstract_sharded_state(config, mesh), x).compile()
-  compile_s = time.perf_counter() - start
   start = time.perf_counter()
   state = jax.block_until_ready(state_lib.create_train_state(config, mesh))
   init_s = time.perf_counter() - start
-  hostmem.release_free_memory()  # As train.compile_step does.
   rng = np.random.default_rng(0)
   batch = jax.device_put(
     rng.normal(0, 0.5, shape).astype(np.float32), parallel.batch_sharding(mesh)
   )
-  return fn, state, batch, init_s, compile_s
+  hostmem.release_free_memory()  # As train.compile_step does.
+  return compiled, state, batch, init_s, compile_s
 
 
 def time_train_step(
@@ -109,49 +108,57 @@ def time_train_step(
   """Times the config's real train step on all local devices.
 
   The state starts `warmup` steps before the first curriculum stage change,
-  so the timed steps cross it; `compiles` counts jit cache entries after.
+  so the timed steps cross it; `compiles` is the step's compile plus every
+  compile seen while they run (1: the stage change is data to the step).
   Adds `step_accounting` (FLOPs, MFU, memory) and the OT share.
   """
   mesh = parallel.make_mesh()
   total = max(config.train.num_steps, 1000)
   boundary = _stage_boundary(config, total)
   fn, state, batch, init_s, compile_s = _step_inputs(config, mesh, total)
+  warmup = max(warmup, 1)  # The first call is never timed.
   state = state.replace(step=state.step + max(boundary - warmup, 0))
-  t0 = time.perf_counter()
-  state, metrics = fn(state, batch)
-  jax.block_until_ready(metrics)
-  first_step_s = time.perf_counter() - t0  # Lowering + a cached compile.
-  n_before = float(metrics["num_scales"])
-  for _ in range(warmup - 1):
-    state, metrics = fn(state, batch)
-  jax.block_until_ready(metrics)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, metrics = fn(state, batch)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+  compiles = []
+
+  def count(event: str, _secs: float, **_) -> None:
+    compiles.append(event == _COMPILE_EVENT)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    times, n_before, metrics = _run_steps(fn, state, batch, warmup + steps)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  step_s = statistics.median(times[warmup:])
   figures = {
     "init_s": init_s,
     "compile_s": compile_s,
-    "first_step_s": first_step_s,
-    "compiles": float(fn._cache_size()),  # noqa: SLF001 - jax's own counter.
+    "first_step_s": times[0],
+    "compiles": 1.0 + sum(compiles),
     "num_scales_start": n_before,
     "num_scales_end": float(metrics["num_scales"]),
     "step_s": step_s,
     "steps_per_s": 1.0 / step_s,
     "images_per_s": config.train.batch_size / step_s,
   }
-  figures.update(  # Cached lowering: adds no jit cache entry.
-    flops.step_accounting(config, fn.lower(state, batch).compile(), mesh.size)
-  )
+  figures.update(flops.step_accounting(config, fn, mesh.size))
   figures.update(flops.mfu(config, figures))
   ot_s = time_pairing(config, mesh, steps)
   figures.update(
     ot_s=ot_s, ot_share=ot_s / step_s, peak_rss_mib=_peak_rss_mib()
   )
   return figures
+
+
+def _run_steps(fn, state, batch, calls: int):
+  """(seconds of each call, N after the first, the last metrics)."""
+  times, n_first = [], None
+  for _ in range(calls):
+    t0 = time.perf_counter()
+    state, metrics = fn(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+    n_first = float(metrics["num_scales"]) if n_first is None else n_first
+  return times, n_first, metrics
 
 
 def _peak_rss_mib() -> float:
@@ -268,13 +275,8 @@ def time_model(
     figures[f"{name}_xla_gflop"] = (
       flops.xla_cost(compiled).get("flops", 0.0) / 1e9
     )
-    for _ in range(max(warmup, 1)):
-      jax.block_until_ready(compiled(params, x, labels))
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      jax.block_until_ready(compiled(params, x, labels))
-      times.append(time.perf_counter() - start)
+    warm = max(warmup, 1)
+    times = _call_times(compiled, (params, x, labels), warm + steps)[warm:]
     figures[f"{name}_s"] = statistics.median(times)
     figures[f"{name}_min_s"] = min(times)
   figures["bwd_s"] = figures["fwd_bwd_s"] - figures["fwd_s"]

@@ -13,6 +13,7 @@ the compiler inserts the gradient all-reduce (no pmap, no pmean).
 """
 
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -169,3 +170,21 @@ def compile_train_step(
     out_shardings=(state_sh, replicated),
     compiler_options=parallel.compiler_options(),
   )
+
+
+def compile_ahead(
+  config: ml_collections.ConfigDict, mesh: Mesh, state, total_steps: int
+) -> tuple[Any, float]:
+  """(the step compiled for `state` and a config batch, compile seconds).
+
+  `state` may be abstract (`state.abstract_sharded_state`): nothing is
+  allocated. Called with other shapes, the compiled step raises.
+  """
+  fn = compile_train_step(config, mesh, total_steps)
+  shape = (config.train.batch_size, *state_lib.example_shape(config))
+  batch = jax.ShapeDtypeStruct(
+    shape, jnp.float32, sharding=parallel.batch_sharding(mesh)
+  )
+  t0 = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  return compiled, time.perf_counter() - t0

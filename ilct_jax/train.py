@@ -12,12 +12,10 @@ then anything that changes the workdir (config.json). A run whose last
 checkpoint is at its final step returns at once, compiling nothing.
 """
 
-import time
 from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from ilct_jax import (
@@ -61,14 +59,8 @@ def compile_step(config, mesh, state, steps: int):
     The compiled step; its `stats` attribute holds compile seconds and the
     step's memory per device (MiB) for TensorBoard.
   """
-  fn = step_lib.compile_train_step(config, mesh, steps)
-  shape = (config.train.batch_size, *state_lib.example_shape(config))
-  batch = jax.ShapeDtypeStruct(
-    shape, np.float32, sharding=parallel.batch_sharding(mesh)
-  )
-  t0 = time.perf_counter()
-  compiled = fn.lower(state, batch).compile()
-  stats = {"compile_seconds": time.perf_counter() - t0}
+  compiled, seconds = step_lib.compile_ahead(config, mesh, state, steps)
+  stats = {"compile_seconds": seconds}
   logging.info("Compiled train step in %.1fs", stats["compile_seconds"])
   # The state exists and the step is compiled: what the compilers freed can
   # go back to the OS before the loop's peak (ilct_jax/hostmem.py).

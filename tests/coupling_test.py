@@ -111,6 +111,23 @@ def test_exact_solves_a_known_shuffle():
   np.testing.assert_array_equal(shuffle[np.asarray(perm)], np.arange(32))
 
 
+def test_exact_pairs_as_ott_jax_hungarian():
+  # `exact` calls the solver that ott-jax's unreg.hungarian wraps; the two
+  # must give the same permutation on the same normalized cost.
+  from ott.geometry import geometry
+  from ott.tools import unreg
+
+  for seed in range(3):
+    x, z = _gaussians(10 + seed, (48, 256))
+    geom = geometry.Geometry(cost_matrix=coupling._exact_cost(x, z))
+    rows, cols = unreg.hungarian(geom)[1].paired_indices
+    ott_perm = np.zeros(48, np.int32)
+    ott_perm[np.asarray(rows)] = np.asarray(cols)
+    np.testing.assert_array_equal(
+      np.asarray(_assign(x, z, method="exact")), ott_perm
+    )
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sinkhorn_is_near_optimal(seed):
   x, z = _gaussians(seed, (64, 4096))

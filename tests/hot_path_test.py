@@ -1,4 +1,5 @@
-"""The hot path (model, losses, coupling, step, sampling) has no TF."""
+"""The hot path (model, losses, coupling, step, sampling) has no TF, and
+loads ott-jax only for Sinkhorn pairing (ilct_jax/coupling.py)."""
 
 import subprocess
 import sys
@@ -14,6 +15,14 @@ def test_hot_path_imports_without_tensorflow():
     "leaked = sorted(m for m in sys.modules if m.split('.')[0] in\n"
     "                ('tensorflow', 'tensorflow_datasets'))\n"
     "assert not leaked, leaked\n"
+    "assert 'ott' not in sys.modules, 'ott-jax loaded without Sinkhorn'\n"
+    "import jax, jax.numpy as jnp\n"
+    "x = jnp.ones((4, 3)); z = jnp.arange(12.0).reshape(4, 3)\n"
+    "exact = lambda a, b: ilct_jax.coupling.assignment(a, b, method='exact')\n"
+    "jax.jit(exact)(x, z)\n"
+    "assert 'ott' not in sys.modules, 'exact pairing loaded ott-jax'\n"
+    "ilct_jax.coupling.assignment(x, z, method='sinkhorn', iterations=10)\n"
+    "assert 'ott' in sys.modules\n"
     "print('ok')\n"
   )
   proc = subprocess.run(

@@ -97,6 +97,46 @@ def _use_im2col(x: jax.Array, features: int) -> bool:
   return jax.default_backend() == "cpu" and b * h * w <= features
 
 
+def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """nn.Conv's stride-1 'same' NHWC/HWIO convolution call."""
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+
+
+@jax.custom_vjp
+def _conv_late_grad(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`_conv_same` whose gradient copies are made in the backward pass.
+
+  XLA:CPU takes a convolution's kernel gradient from a transposed copy of
+  its input ([C, H, W, B]) and its input gradient from a flipped,
+  in/out-swapped copy of the kernel. Both depend on forward values only, so
+  its scheduler makes them during the forward pass and keeps them through
+  the peak at the start of the backward: 386 MiB of copies in the paper
+  UNet step at batch 8 (XLA's live-range dump). The backward here adds
+  0 * (one element of the output gradient) to the input and the kernel
+  before differentiating the same call, which makes the copies wait for
+  the backward without changing a value (a non-finite output gradient
+  makes the gradients non-finite either way, and the step skips them,
+  ALGORITHM.md §8). Temp memory of that step: 1354 -> 1179 MiB.
+  """
+  return _conv_same(x, kernel)
+
+
+def _conv_late_grad_fwd(x, kernel):
+  return _conv_same(x, kernel), (x, kernel)
+
+
+def _conv_late_grad_bwd(res, dy):
+  x, kernel = res
+  zero = 0.0 * dy[0, 0, 0, 0]
+  x, kernel = x + zero.astype(x.dtype), kernel + zero.astype(kernel.dtype)
+  return jax.vjp(_conv_same, x, kernel)[1](dy)
+
+
+_conv_late_grad.defvjp(_conv_late_grad_fwd, _conv_late_grad_bwd)
+
+
 class Conv2d(nn.Module):
   """EDM's Conv2d at stride 1, 'same' padding, NHWC input, HWIO kernel.
 
@@ -106,7 +146,9 @@ class Conv2d(nn.Module):
   computation picks the fastest equivalent form: a channel GEMM for 1x1
   kernels (XLA:CPU differentiates a 1x1 convolution into a slow
   kernel-gradient convolution), `_im2col_conv` where `_use_im2col` says so,
-  and `lax.conv_general_dilated` (exactly nn.Conv's call) elsewhere.
+  and `lax.conv_general_dilated` (exactly nn.Conv's call) elsewhere, on
+  XLA:CPU with its gradient copies held back to the backward pass
+  (`_conv_late_grad`).
 
   Attributes:
     features: output channels.
@@ -136,14 +178,10 @@ class Conv2d(nn.Module):
       )
     elif _use_im2col(x, self.features):
       y = _im2col_conv(x, kernel)
+    elif jax.default_backend() == "cpu":
+      y = _conv_late_grad(x, kernel)
     else:
-      y = jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        (1, 1),
-        "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      )
+      y = _conv_same(x, kernel)
     return y + bias.reshape(1, 1, 1, -1)
 
 
