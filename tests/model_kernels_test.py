@@ -189,3 +189,50 @@ def test_late_grad_conv_lowers_the_backward_temp_memory_on_cpu():
 
   late, plain = temp_bytes(unet._conv_late_grad), temp_bytes(unet._conv_same)
   assert late < plain, (late, plain)
+
+
+def _plain_attention(qkv, heads):
+  """EDM's attention by jnp + autodiff (softmax weights kept for backward)."""
+  b, h, w, c3 = qkv.shape
+  d = c3 // (3 * heads)
+  qkv = qkv.reshape(b, h * w, heads, d, 3)
+  q, k, v = qkv[..., 0], qkv[..., 1], qkv[..., 2]
+  f32 = jnp.float32
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q.astype(f32), k.astype(f32))
+  weights = jax.nn.softmax(logits / np.sqrt(d), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhc->bqhc", weights, v).reshape(b, h, w, heads * d)
+
+
+@pytest.mark.parametrize(
+  "dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)]
+)
+def test_attention_value_and_gradient_equal_autodiff_of_the_formula(dtype, tol):
+  rng = np.random.default_rng(3)
+  heads, d = 3, 8
+  qkv = jnp.asarray(rng.normal(0.0, 2.0, (2, 4, 5, 3 * heads * d)), dtype)
+  weights = jnp.asarray(rng.normal(size=(2, 4, 5, heads * d)), dtype)
+
+  def loss(fn):
+    return lambda x: jnp.sum((weights * fn(x, heads)).astype(jnp.float32))
+
+  fast, plain = loss(unet._attention), loss(_plain_attention)
+  out_fast, out_plain = (
+    unet._attention(qkv, heads),
+    _plain_attention(qkv, heads),
+  )
+  assert out_fast.dtype == dtype
+  np.testing.assert_allclose(
+    np.asarray(out_fast, np.float32),
+    np.asarray(out_plain, np.float32),
+    rtol=tol,
+    atol=tol,
+  )
+  g_fast, g_plain = jax.grad(fast)(qkv), jax.grad(plain)(qkv)
+  assert g_fast.dtype == dtype
+  scale = float(jnp.abs(g_plain.astype(jnp.float32)).max())
+  np.testing.assert_allclose(
+    np.asarray(g_fast, np.float32),
+    np.asarray(g_plain, np.float32),
+    rtol=tol,
+    atol=tol * scale,
+  )
