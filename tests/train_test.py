@@ -190,3 +190,29 @@ def test_fid_during_training_checks_its_files_before_training(
   with pytest.raises(FileNotFoundError, match="convert_inception"):
     train.train_and_evaluate(tiny_config, str(tmp_path))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_fresh_run_compiles_its_step_before_creating_the_state(
+  tiny_config, tmp_path, monkeypatch
+):
+  # The compiler's transient memory must not add to the state's
+  # (train.py docstring): compile against the abstract state, then init.
+  events = []
+  compile_step, create = train.compile_step, state_lib.create_train_state
+
+  def recording_compile(config, mesh, state, steps):
+    abstract = all(
+      isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(state)
+    )
+    events.append("compile abstract" if abstract else "compile real")
+    return compile_step(config, mesh, state, steps)
+
+  def recording_create(config, mesh):
+    events.append("create")
+    return create(config, mesh)
+
+  monkeypatch.setattr(train, "compile_step", recording_compile)
+  monkeypatch.setattr(state_lib, "create_train_state", recording_create)
+  final = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+  assert int(final.step) == 6
+  assert events == ["compile abstract", "create"]
