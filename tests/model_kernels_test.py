@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ilct_jax.models import norms, unet
+from ilct_jax.models import attention, norms, unet
 
 
 def _plain_norm(x, scale, bias, groups, eps, center):
@@ -215,9 +215,9 @@ def test_attention_value_and_gradient_equal_autodiff_of_the_formula(dtype, tol):
   def loss(fn):
     return lambda x: jnp.sum((weights * fn(x, heads)).astype(jnp.float32))
 
-  fast, plain = loss(unet._attention), loss(_plain_attention)
+  fast, plain = loss(attention.multihead), loss(_plain_attention)
   out_fast, out_plain = (
-    unet._attention(qkv, heads),
+    attention.multihead(qkv, heads),
     _plain_attention(qkv, heads),
   )
   assert out_fast.dtype == dtype

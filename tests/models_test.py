@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ilct_jax.models import norms, unet
+from ilct_jax.models import attention, norms, unet
 
 # Tiny UNet: 16x16 -> 8x8, attention (one 64-channel head) at 8x8 only.
 TINY = dict(
@@ -240,7 +240,7 @@ def test_noise_embedding_matches_closed_form_cos_first():
 def test_attention_matches_per_head_loop_with_edm_channel_layout():
   heads, head_ch, res = 2, 8, 4
   qkv = np.random.default_rng(0).normal(size=(2, res, res, 3 * heads * head_ch))
-  out = np.asarray(unet._attention(jnp.asarray(qkv, jnp.float32), heads))
+  out = np.asarray(attention.multihead(jnp.asarray(qkv, jnp.float32), heads))
   # EDM layout: channel index = (head * head_ch + c) * 3 + {0: q, 1: k, 2: v}.
   t = qkv.reshape(2, res * res, heads, head_ch, 3)
   expected = np.zeros((2, res * res, heads, head_ch))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ilct_jax.models import norms
+from ilct_jax.models import attention, norms
 
 PyTree = Any
 
@@ -232,74 +232,6 @@ def _upsample(x: jax.Array) -> jax.Array:
 _RESAMPLE = {None: lambda x: x, "up": _upsample, "down": _downsample}
 
 
-def _attention(qkv: jax.Array, heads: int) -> jax.Array:
-  """Multi-head softmax(q.k / sqrt(d)) v over all H*W positions.
-
-  The 3C channels are laid out [head][channel][q, k, v] as in EDM's
-  `reshape(N * heads, C // heads, 3, -1)`. Logits and softmax run in float32
-  as EDM's AttentionOp does; the weighted sum runs in the activation dtype
-  (`_softmax_attention`, which keeps no [heads, L, L] map for the backward).
-
-  Args:
-    qkv: [B, H, W, 3C].
-    heads: number of heads.
-
-  Returns:
-    [B, H, W, C], channels laid out [head][channel].
-  """
-  b, h, w, c3 = qkv.shape
-  head_ch = c3 // (3 * heads)
-  qkv = qkv.reshape(b, h * w, heads, head_ch, 3)
-  out = _softmax_attention(qkv[..., 0], qkv[..., 1], qkv[..., 2])
-  return out.reshape(b, h, w, heads * head_ch)
-
-
-def _attention_weights(q: jax.Array, k: jax.Array):
-  """float32 logits [B, heads, Lq, Lk] of q.k / sqrt(d) (q, k: [B, L, h, d])."""
-  scale = 1.0 / math.sqrt(q.shape[-1])
-  f32 = jnp.float32
-  return jnp.einsum("bqhc,bkhc->bhqk", q.astype(f32), k.astype(f32)) * scale
-
-
-@jax.custom_vjp
-def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """softmax(q.k / sqrt(d)) v, [B, L, heads, d] in and out.
-
-  Autodiff of this formula keeps the logits, the exponentials and the
-  weights, each [B, heads, L, L] float32, until the backward: 24 MiB per
-  attention layer of the paper UNet at 16x16 and batch 8, 0.2 GiB of the
-  step's peak. The backward here keeps q, k, v, the output and the
-  log-sum-exp per row, and recomputes the weights from them (one more
-  q.k product, as flash attention's backward does).
-  """
-  return _softmax_attention_fwd(q, k, v)[0]
-
-
-def _softmax_attention_fwd(q, k, v):
-  logits = _attention_weights(q, k)
-  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  weights = jnp.exp(logits - lse).astype(v.dtype)
-  out = jnp.einsum("bhqk,bkhc->bqhc", weights, v)
-  return out, (q, k, v, out, lse)
-
-
-def _softmax_attention_bwd(res, d_out):
-  q, k, v, out, lse = res
-  f32 = jnp.float32
-  weights = jnp.exp(_attention_weights(q, k) - lse)
-  dv = jnp.einsum("bhqk,bqhc->bkhc", weights.astype(v.dtype), d_out)
-  d_weights = jnp.einsum("bqhc,bkhc->bhqk", d_out.astype(f32), v.astype(f32))
-  # Softmax backward: sum_k w * dw per row equals sum_c d_out * out.
-  row = jnp.einsum("bqhc,bqhc->bhq", d_out.astype(f32), out.astype(f32))
-  d_logits = weights * (d_weights - row[..., None]) / math.sqrt(q.shape[-1])
-  dq = jnp.einsum("bhqk,bkhc->bqhc", d_logits, k.astype(f32))
-  dk = jnp.einsum("bhqk,bqhc->bkhc", d_logits, q.astype(f32))
-  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
-
-
-_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
-
-
 class UNetBlock(nn.Module):
   """EDM's UNetBlock for DhariwalUNet: AdaGN residual block (+ attention).
 
@@ -348,7 +280,7 @@ class UNetBlock(nn.Module):
       qkv = _conv(3 * cout, 1, cout, self.dtype, "qkv")(
         norm(module_name="norm2")(x)
       )
-      a = _attention(qkv, heads)
+      a = attention.multihead(qkv, heads)
       x = x + _conv(cout, 1, cout, self.dtype, "proj", zero=True)(a)
     return x
 
