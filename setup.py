@@ -65,6 +65,9 @@ EXTRAS = {
   # machines without TensorFlow's GCS filesystem.
   "gcs": GCS,
   "tpu": ["jax[tpu]>=0.10,<0.11"],
+  # `python -m ilct_jax.preflight`: compiles for TPU slices on any machine
+  # (libtpu, ~700 MB; the version jax 0.10.2's own [tpu] extra pins).
+  "preflight": ["libtpu==0.0.42.*"],
   "cuda12": ["jax[cuda12]>=0.10,<0.11"],
 }
 

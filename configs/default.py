@@ -50,6 +50,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Recompute each UNet block's forward in the backward pass: less activation
   # memory (bigger batches per device) for more compute; same values.
   model.remat = False
+  # Kernel forms (ilct_jax/kernels.py): "auto" picks, per kernel, the form
+  # measured cheapest on the platform of the devices a program is compiled
+  # for (docs/DESIGN.md, kernels by target). Same parameters and values.
+  model.kernels = ml_collections.ConfigDict()
+  model.kernels.conv = "auto"  # auto | cpu (XLA:CPU-tuned forms) | xla.
+  model.kernels.norm = "auto"  # auto | custom (hand-written backward) | xla.
+  model.kernels.attention = "auto"  # auto | custom | xla.
 
   # ---------------------------------------------------------------- vae
   config.vae = vae = ml_collections.ConfigDict()

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from ilct_jax import consistency, coupling, flops, parallel, sampling
+from ilct_jax import consistency, coupling, flops, kernels, parallel, sampling
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.evaluation import features, samples
@@ -267,7 +267,7 @@ def time_model(
   figures = {"batch": float(batch), "params": float(unet.count_params(params))}
   for name, fn in programs.items():
     start = time.perf_counter()
-    jitted = jax.jit(fn, compiler_options=parallel.compiler_options())
+    jitted = jax.jit(fn, compiler_options=model.kernels.compiler_options())
     compiled = jitted.lower(params, x, labels).compile()
     figures[f"{name}_compile_s"] = time.perf_counter() - start
     figures[f"{name}_gflop"] = flops.matmul_flops(fn, params, x, labels) / 1e9
@@ -344,7 +344,7 @@ def time_eval(config: ml_collections.ConfigDict, repeats: int) -> dict:
     aux = vae_lib.random_params(vae)
   module = inception.InceptionV3()
   variables = inception.init_variables(module)
-  model = state_lib.create_model(config)
+  model = state_lib.create_model(config, mesh)
   shape = (config.eval.batch_size, *state_lib.example_shape(config))
   x = jnp.zeros(shape, jnp.float32)
   params = _random_params(model, x, jnp.zeros((shape[0],)))
@@ -433,7 +433,7 @@ def print_table(rows: dict[str, dict], keys: list[str] | None = None) -> None:
     )
 
 
-XLA_CPU_NOTE = f"# XLA:CPU options of the step: {parallel.CPU_COMPILER_OPTIONS}"
+XLA_CPU_NOTE = f"# XLA:CPU options of the step: {kernels.CPU_COMPILER_OPTIONS}"
 
 
 def _train_report(config, f) -> None:

@@ -5,8 +5,7 @@ Every program of ilct_jax runs under `jit` over a 1-D mesh named "data"
 is replicated, and the compiler inserts the collectives. The mesh axis type is
 always Auto, so sharding constraints are compiler hints and never type errors.
 Host-side helpers turn each process's rows into one global array and back.
-`compiler_options()` holds the XLA options the train step compiles with on
-each backend.
+The XLA options and kernel forms of each platform live in `ilct_jax.kernels`.
 """
 
 import socket
@@ -21,23 +20,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"  # The batch axis of every mesh.
-
-# XLA:CPU: let YNNPACK take reductions and single dots (fusion kinds beyond
-# the default). Measured by `python -m ilct_jax.benchmark` on the paper
-# step at batch 8 (2 cores, one process, interleaved): 4.50 -> 4.16 s per
-# step, bit-identical loss. oneDNN, other YNN/XNN kinds, fast math and
-# 512-bit vectors gained nothing beyond noise and are not set. GPU and TPU
-# keep XLA's defaults.
-CPU_COMPILER_OPTIONS = {
-  "xla_cpu_experimental_ynn_fusion_type": (
-    "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-  ),
-}
-
-
-def compiler_options() -> dict[str, str] | None:
-  """`jax.jit(..., compiler_options=...)` for the default backend."""
-  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
 def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from ilct_jax import choices, parallel, rng
+from ilct_jax import choices, kernels, parallel, rng
 from ilct_jax import optim as optim_lib
 from ilct_jax.models import unet
 
@@ -84,9 +84,17 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_model(
-  config: ml_collections.ConfigDict,
+  config: ml_collections.ConfigDict, target: kernels.Target = None
 ) -> unet.DhariwalUNet:
-  """The consistency network F_theta named by `config.model`."""
+  """The consistency network F_theta named by `config.model`.
+
+  Args:
+    config: the full config.
+    target: the mesh (or devices, or platform name) the network's programs
+      are compiled for: its kernels are chosen for that platform
+      (`kernels.select`), not for the host's default backend. None: the
+      devices `parallel.make_mesh()` uses. Parameters do not depend on it.
+  """
   m = config.model
   choices.check("model.name", m.name, ("dhariwal_unet",))
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -103,6 +111,7 @@ def create_model(
     dtype=dtypes[m.dtype],
     # A run's config.json written before model.remat existed lacks it.
     remat=bool(m.get("remat", False)),
+    kernels=kernels.select(m, target),
   )
 
 
@@ -112,8 +121,14 @@ def example_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (d.image_size, d.image_size, d.channels)
 
 
-def _init(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
-  model = create_model(config)
+def _init(
+  config: ml_collections.ConfigDict,
+  key: jax.Array,
+  target: kernels.Target = "cpu",
+) -> TrainState:
+  # Parameters and their init values do not depend on the kernels: shapes
+  # alone (`abstract_state`) take the CPU forms and need no devices.
+  model = create_model(config, target)
   x = jnp.zeros((1, *example_shape(config)), jnp.float32)
   params = model.init(key, x, jnp.zeros((1,)), train=False)["params"]
   tx = optim_lib.create_optimizer(config.optim)
@@ -157,6 +172,7 @@ def create_train_state(
   """Initialises the state directly into its replicated sharding."""
   key = rng.stream(config.seed, "init")
   init = jax.jit(
-    lambda k: _init(config, k), out_shardings=state_sharding(config, mesh)
+    lambda k: _init(config, k, mesh),
+    out_shardings=state_sharding(config, mesh),
   )
   return init(key)

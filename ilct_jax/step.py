@@ -153,7 +153,7 @@ def compile_train_step(
   config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int
 ) -> Callable[..., Any]:
   """jit(train_step) with donated state and explicit shardings."""
-  model = state_lib.create_model(config)
+  model = state_lib.create_model(config, mesh)
   state_sh = state_lib.state_sharding(config, mesh)
   replicated = parallel.replicated(mesh)
   fn = functools.partial(
@@ -168,7 +168,7 @@ def compile_train_step(
     donate_argnums=0,
     in_shardings=(state_sh, parallel.batch_sharding(mesh)),
     out_shardings=(state_sh, replicated),
-    compiler_options=parallel.compiler_options(),
+    compiler_options=model.kernels.compiler_options(),
   )
 
 

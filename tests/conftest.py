@@ -20,6 +20,13 @@ os.environ["XLA_FLAGS"] = (
 
 import sys  # noqa: E402
 
+# The host backend is the CPU, and libtpu (the preflight extra) is told the
+# accelerator and worker names so that it asks no metadata server and leaves
+# the machine alone; several workers may load it (ilct_jax/targets.py).
+from ilct_jax import targets  # noqa: E402
+
+targets.offline_environment()
+
 # torch (CPU parity tests only) imports triton lazily, e.g. from
 # torch.optim; loading triton's shared library into a process where jaxlib
 # already runs segfaults inside libjax_common.so (seen with

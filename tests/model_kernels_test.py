@@ -101,7 +101,10 @@ def _conv_reference(x, kernel, bias):
     (1, (2, 3, 3, 6), 5),  # 1x1: a channel GEMM.
   ],
 )
-def test_conv2d_equals_lax_conv_in_value_and_gradients(k, shape, features):
+@pytest.mark.parametrize("form", ["cpu", "xla"])
+def test_conv2d_equals_lax_conv_in_value_and_gradients(
+  k, shape, features, form
+):
   rng = np.random.default_rng(k + features)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   module = unet.Conv2d(
@@ -109,6 +112,7 @@ def test_conv2d_equals_lax_conv_in_value_and_gradients(k, shape, features):
     k,
     kernel_init=nn.initializers.normal(0.5),
     bias_init=nn.initializers.normal(0.5),
+    form=form,  # model.kernels.conv: XLA:CPU's forms or lax.conv alone.
   )
   params = module.init(jax.random.key(0), x)["params"]
   # Same parameters as the nn.Conv it stands in for: names, shapes, dtype.
@@ -118,9 +122,7 @@ def test_conv2d_equals_lax_conv_in_value_and_gradients(k, shape, features):
   )
   assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == ref_shapes
   if k == 3:
-    assert unet._use_im2col(x, features) == (
-      jax.default_backend() == "cpu" and features == 16
-    )
+    assert unet._use_im2col(x, features) == (features == 16)
   weights = jnp.asarray(rng.normal(size=(*shape[:3], features)), jnp.float32)
 
   def fast(p, x):
@@ -169,7 +171,7 @@ def test_late_grad_conv_has_the_plain_convs_value_and_gradients(dtype):
 
 @pytest.mark.skipif(
   jax.default_backend() != "cpu",
-  reason="the scheduling it corrects is XLA:CPU's (Conv2d uses it there only)",
+  reason="the scheduling it corrects is XLA:CPU's (conv form 'cpu' only)",
 )
 def test_late_grad_conv_lowers_the_backward_temp_memory_on_cpu():
   # Six 3x3 convs with SiLU between: XLA:CPU makes the transposed gradient

@@ -96,7 +96,7 @@ def sample_data(
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   fn = sampling.make_sampler(
-    state_lib.create_model(config),
+    state_lib.create_model(config, mesh),
     config.ct,
     (num, *state_lib.example_shape(config)),
     sigmas,

@@ -71,7 +71,7 @@ def sample_program(
   (and [batch, 2048] features), rows sharded on "data". The benchmark's
   eval mode times this same program with random weights.
   """
-  model = state_lib.create_model(config)
+  model = state_lib.create_model(config, mesh)
   shape = (config.eval.batch_size, *state_lib.example_shape(config))
   proto = image_io.PROTOCOLS[config.eval.protocol]
   rows = parallel.batch_sharding(mesh)

@@ -3,7 +3,8 @@
 `multihead` splits a [B, H, W, 3C] qkv map into heads as EDM's AttentionOp
 does (ALGORITHM.md 11a) and `softmax_attention` computes softmax(q.k /
 sqrt(d)) v with a custom backward that keeps no [heads, L, L] map (docs/
-DESIGN.md, speed). Kept apart from unet.py, which owns the network.
+DESIGN.md, speed); `plain_attention` is the same formula for autodiff
+(`model.kernels.attention`). Kept apart from unet.py, which owns the network.
 """
 
 import math
@@ -12,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 
-def multihead(qkv: jax.Array, heads: int) -> jax.Array:
+def multihead(qkv: jax.Array, heads: int, form: str = "custom") -> jax.Array:
   """Multi-head softmax(q.k / sqrt(d)) v over all H*W positions.
 
   The 3C channels are laid out [head][channel][q, k, v] as in EDM's
@@ -23,6 +24,8 @@ def multihead(qkv: jax.Array, heads: int) -> jax.Array:
   Args:
     qkv: [B, H, W, 3C].
     heads: number of heads.
+    form: `kernels.Kernels.attention`: "custom" (`softmax_attention`) or
+      "xla" (`plain_attention`, differentiated by autodiff).
 
   Returns:
     [B, H, W, C], channels laid out [head][channel].
@@ -30,7 +33,8 @@ def multihead(qkv: jax.Array, heads: int) -> jax.Array:
   b, h, w, c3 = qkv.shape
   head_ch = c3 // (3 * heads)
   qkv = qkv.reshape(b, h * w, heads, head_ch, 3)
-  out = softmax_attention(qkv[..., 0], qkv[..., 1], qkv[..., 2])
+  attend = softmax_attention if form == "custom" else plain_attention
+  out = attend(qkv[..., 0], qkv[..., 1], qkv[..., 2])
   return out.reshape(b, h, w, heads * head_ch)
 
 
@@ -39,6 +43,12 @@ def _logits(q: jax.Array, k: jax.Array):
   scale = 1.0 / math.sqrt(q.shape[-1])
   f32 = jnp.float32
   return jnp.einsum("bqhc,bkhc->bhqk", q.astype(f32), k.astype(f32)) * scale
+
+
+def plain_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """softmax(q.k / sqrt(d)) v as written, for autodiff (kernels "xla")."""
+  weights = jax.nn.softmax(_logits(q, k), axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhc->bqhc", weights, v)
 
 
 @jax.custom_vjp

@@ -155,6 +155,32 @@ def _normalize_bwd(groups, eps, center, dtype, res, dy):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+def _plain_normalize(x, scale, bias, groups, eps, center, dtype):
+  """`_normalize` as the textbook formula over a [B, H, W, G, C/G] view.
+
+  Statistics in float32, differentiated by autodiff: the plain form that
+  `model.kernels.norm="xla"` compiles (`ilct_jax.kernels`).
+  """
+  b, h, w, c = x.shape
+  x32 = x.astype(jnp.float32).reshape(b, h, w, groups, c // groups)
+  axes = (1, 2, 4)
+  if center:
+    x32 = x32 - jnp.mean(x32, axes, keepdims=True)
+  var = jnp.mean(jnp.square(x32), axes, keepdims=True)
+  y = (x32 * jax.lax.rsqrt(var + eps)).reshape(b, h, w, c)
+  if scale is not None:
+    y = y * scale
+  if bias is not None:
+    y = y + bias
+  return y.astype(dtype)
+
+
+def _apply(form, x, scale, bias, groups, eps, center, dtype):
+  """The norm in the form `model.kernels.norm` names ("custom" | "xla")."""
+  fn = _normalize if form == "custom" else _plain_normalize
+  return fn(x, scale, bias, groups, eps, center, dtype)
+
+
 def _ones(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   del key
   return jnp.ones(shape, jnp.float32)
@@ -183,16 +209,18 @@ class NonScalingLayerNorm(nn.Module):
   Attributes:
     eps: variance epsilon (1e-5 in the reference).
     dtype: output dtype.
+    form: `model.kernels.norm` ("custom" backward or "xla" autodiff).
   """
 
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  form: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_nhwc("NonScalingLayerNorm", x)
     bias = self.param("bias", _zeros, x.shape[1:])
-    return _normalize(x, None, bias, 1, self.eps, True, self.dtype)
+    return _apply(self.form, x, None, bias, 1, self.eps, True, self.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -204,17 +232,19 @@ class LayerNorm(nn.Module):
   Attributes:
     eps: variance epsilon.
     dtype: output dtype.
+    form: `model.kernels.norm` ("custom" backward or "xla" autodiff).
   """
 
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  form: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_nhwc("LayerNorm", x)
     scale = self.param("scale", _ones, x.shape[1:])
     bias = self.param("bias", _zeros, x.shape[1:])
-    return _normalize(x, scale, bias, 1, self.eps, True, self.dtype)
+    return _apply(self.form, x, scale, bias, 1, self.eps, True, self.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -228,16 +258,18 @@ class RMSNorm(nn.Module):
       the ablation's reference (ALGORITHM.md §16), uses the float32 machine
       epsilon, and so does this default.
     dtype: output dtype.
+    form: `model.kernels.norm` ("custom" backward or "xla" autodiff).
   """
 
   eps: float = RMS_EPS
   dtype: Any = jnp.float32
+  form: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_nhwc("RMSNorm", x)
     scale = self.param("scale", _ones, x.shape[1:])
-    return _normalize(x, scale, None, 1, self.eps, False, self.dtype)
+    return _apply(self.form, x, scale, None, 1, self.eps, False, self.dtype)
 
 
 class InstanceNorm(nn.Module):
@@ -246,10 +278,12 @@ class InstanceNorm(nn.Module):
   Attributes:
     eps: variance epsilon.
     dtype: output dtype.
+    form: `model.kernels.norm` ("custom" backward or "xla" autodiff).
   """
 
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  form: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -257,7 +291,9 @@ class InstanceNorm(nn.Module):
     channels = x.shape[-1]
     scale = self.param("scale", _ones, (channels,))
     bias = self.param("bias", _zeros, (channels,))
-    return _normalize(x, scale, bias, channels, self.eps, True, self.dtype)
+    return _apply(
+      self.form, x, scale, bias, channels, self.eps, True, self.dtype
+    )
 
 
 class GroupNorm(nn.Module):
@@ -271,11 +307,13 @@ class GroupNorm(nn.Module):
     num_groups: the maximal number of groups.
     eps: variance epsilon.
     dtype: output dtype.
+    form: `model.kernels.norm` ("custom" backward or "xla" autodiff).
   """
 
   num_groups: int = 32
   eps: float = 1e-5
   dtype: Any = jnp.float32
+  form: str = "custom"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -290,7 +328,7 @@ class GroupNorm(nn.Module):
       )
     scale = self.param("scale", _ones, (channels,))
     bias = self.param("bias", _zeros, (channels,))
-    return _normalize(x, scale, bias, groups, self.eps, True, self.dtype)
+    return _apply(self.form, x, scale, bias, groups, self.eps, True, self.dtype)
 
 
 def make_norm(
@@ -300,6 +338,7 @@ def make_norm(
   eps: float | None = None,
   dtype: Any = jnp.float32,
   module_name: str | None = None,
+  form: str = "custom",
 ) -> nn.Module:
   """Builds a fresh normalization module chosen by `model.norm`.
 
@@ -312,6 +351,8 @@ def make_norm(
     dtype: output dtype; statistics are always computed in float32.
     module_name: the Flax submodule name (e.g. "norm0") when built inside a
       compact method; None lets Flax pick one.
+    form: "custom" (hand-written backward) or "xla" (the plain formula,
+      autodiff): `ilct_jax.kernels.Kernels.norm`.
 
   Returns:
     An unbound linen module mapping [B, H, W, C] to [B, H, W, C].
@@ -320,7 +361,7 @@ def make_norm(
     ValueError: if `name` is not one of `NORMS`.
   """
   choices.check("model.norm", name, NORMS)
-  kwargs = dict(dtype=dtype, name=module_name)
+  kwargs = dict(dtype=dtype, name=module_name, form=form)
   if eps is not None:
     kwargs["eps"] = eps
   if name == "nsln":

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ilct_jax import kernels as kernels_lib
 from ilct_jax.models import attention, norms
 
 PyTree = Any
@@ -86,15 +87,16 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _use_im2col(x: jax.Array, features: int) -> bool:
-  """Whether a 3x3 conv of x is cheaper as `_im2col_conv` (XLA:CPU only).
+  """Whether a 3x3 conv of x is cheaper as `_im2col_conv` (conv="cpu" only).
 
   True where the patch matrix (B*H*W x 9*Cin) is no bigger than the kernel
   (9*Cin x Cout), i.e. B*H*W <= Cout: the im2col copy then costs at most
   what the kernel transpose it replaces did. GPU and TPU backends fold the
-  kernel flip into their convolution kernels, so they keep lax.conv.
+  kernel flip into their convolution kernels, so they keep lax.conv
+  (`kernels.AUTO`).
   """
   b, h, w, _ = x.shape
-  return jax.default_backend() == "cpu" and b * h * w <= features
+  return b * h * w <= features
 
 
 def _conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -142,13 +144,14 @@ class Conv2d(nn.Module):
 
   Parameters and initialisation are those of `nn.Conv(features, (k, k),
   padding="SAME")` (`kernel` [k, k, Cin, Cout] then `bias` [Cout], in that
-  order, float32), so checkpoints and init values are unchanged. The
-  computation picks the fastest equivalent form: a channel GEMM for 1x1
-  kernels (XLA:CPU differentiates a 1x1 convolution into a slow
+  order, float32), so checkpoints and init values are unchanged. With
+  `form="xla"` every convolution is `lax.conv_general_dilated` (exactly
+  nn.Conv's call). With `form="cpu"` (the XLA:CPU forms, `ilct_jax.kernels`)
+  the computation picks the fastest equivalent form there: a channel GEMM for
+  1x1 kernels (XLA:CPU differentiates a 1x1 convolution into a slow
   kernel-gradient convolution), `_im2col_conv` where `_use_im2col` says so,
-  and `lax.conv_general_dilated` (exactly nn.Conv's call) elsewhere, on
-  XLA:CPU with its gradient copies held back to the backward pass
-  (`_conv_late_grad`).
+  and elsewhere the convolution with its gradient copies held back to the
+  backward pass (`_conv_late_grad`).
 
   Attributes:
     features: output channels.
@@ -156,6 +159,7 @@ class Conv2d(nn.Module):
     kernel_init: initializer of the kernel.
     bias_init: initializer of the bias.
     dtype: computation dtype (params stay float32).
+    form: `kernels.Kernels.conv`: "cpu" or "xla".
   """
 
   features: int
@@ -163,6 +167,7 @@ class Conv2d(nn.Module):
   kernel_init: nn.initializers.Initializer
   bias_init: nn.initializers.Initializer
   dtype: Any = jnp.float32
+  form: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -172,16 +177,16 @@ class Conv2d(nn.Module):
     )
     bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if k == 1:
+    if self.form == "xla":
+      y = _conv_same(x, kernel)
+    elif k == 1:
       y = jax.lax.dot_general(
         x, kernel.reshape(cin, self.features), (((3,), (0,)), ((), ()))
       )
     elif _use_im2col(x, self.features):
       y = _im2col_conv(x, kernel)
-    elif jax.default_backend() == "cpu":
-      y = _conv_late_grad(x, kernel)
     else:
-      y = _conv_same(x, kernel)
+      y = _conv_late_grad(x, kernel)
     return y + bias.reshape(1, 1, 1, -1)
 
 
@@ -192,6 +197,7 @@ def _conv(
   dtype: Any,
   name: str,
   zero: bool = False,
+  form: str = "cpu",
 ) -> Conv2d:
   """A stride-1 'same' conv with EDM's init (zero for conv1/proj/out_conv)."""
   init = (
@@ -205,6 +211,7 @@ def _conv(
     kernel_init=init,
     bias_init=init,
     dtype=dtype,
+    form=form,
     name=name,
   )
 
@@ -244,6 +251,7 @@ class UNetBlock(nn.Module):
     dropout: dropout rate before conv1 (active only when train=True).
     norm: `model.norm`, the kind of norm0/norm1/norm2.
     dtype: activation dtype.
+    kernels: the forms of its convolutions, norms and attention.
   """
 
   out_channels: int
@@ -253,35 +261,46 @@ class UNetBlock(nn.Module):
   dropout: float = 0.0
   norm: str = "group"
   dtype: Any = jnp.float32
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
     cin, cout = x.shape[-1], self.out_channels
     resample = _RESAMPLE[self.resample]
-    norm = functools.partial(norms.make_norm, self.norm, dtype=self.dtype)
+    norm = functools.partial(
+      norms.make_norm, self.norm, dtype=self.dtype, form=self.kernels.norm
+    )
 
     h = nn.silu(norm(module_name="norm0")(x))
-    h = _conv(cout, 3, cin, self.dtype, "conv0")(resample(h))
+    h = _conv(cout, 3, cin, self.dtype, "conv0", form=self.kernels.conv)(
+      resample(h)
+    )
     params = _dense(2 * cout, emb.shape[-1], self.dtype, "affine")(emb)
     # EDM: scale, shift = params.chunk(2) (scale first); addcmul form.
     scale, shift = jnp.split(params[:, None, None, :], 2, axis=-1)
     h = nn.silu(shift + norm(module_name="norm1")(h) * (1 + scale))
     if train and self.dropout > 0:
       h = nn.Dropout(self.dropout, deterministic=False)(h)
-    h = _conv(cout, 3, cout, self.dtype, "conv1", zero=True)(h)
+    h = _conv(
+      cout, 3, cout, self.dtype, "conv1", zero=True, form=self.kernels.conv
+    )(h)
 
     skip = resample(x)
     if cin != cout:  # EDM: 1x1 conv after the resample.
-      skip = _conv(cout, 1, cin, self.dtype, "skip")(skip)
+      skip = _conv(cout, 1, cin, self.dtype, "skip", form=self.kernels.conv)(
+        skip
+      )
     x = h + skip  # skip_scale = 1 in DhariwalUNet.
 
     if self.attention:
       heads = self._num_heads(cout, x.shape[1])
-      qkv = _conv(3 * cout, 1, cout, self.dtype, "qkv")(
+      qkv = _conv(3 * cout, 1, cout, self.dtype, "qkv", form=self.kernels.conv)(
         norm(module_name="norm2")(x)
       )
-      a = attention.multihead(qkv, heads)
-      x = x + _conv(cout, 1, cout, self.dtype, "proj", zero=True)(a)
+      a = attention.multihead(qkv, heads, form=self.kernels.attention)
+      x = x + _conv(
+        cout, 1, cout, self.dtype, "proj", zero=True, form=self.kernels.conv
+      )(a)
     return x
 
   def _num_heads(self, channels: int, res: int) -> int:
@@ -318,6 +337,9 @@ class DhariwalUNet(nn.Module):
     remat: recompute each residual block's forward in the backward pass
       (`RematUNetBlock`): less activation memory for more compute; the same
       parameters and values.
+    kernels: the forms of every convolution, norm and attention
+      (`ilct_jax.kernels.select`: chosen for the target platform); the
+      default is the XLA:CPU row. The same parameters and values.
   """
 
   out_channels: int
@@ -330,6 +352,7 @@ class DhariwalUNet(nn.Module):
   norm: str = "group"
   dtype: Any = jnp.float32
   remat: bool = False
+  kernels: kernels_lib.Kernels = kernels_lib.Kernels()
 
   @nn.compact
   def __call__(
@@ -351,7 +374,13 @@ class DhariwalUNet(nn.Module):
     x = self._decode(x, skips, emb, train)
     x = nn.silu(self._norm("out_norm")(x))
     x = _conv(
-      self.out_channels, 3, x.shape[-1], self.dtype, "out_conv", zero=True
+      self.out_channels,
+      3,
+      x.shape[-1],
+      self.dtype,
+      "out_conv",
+      zero=True,
+      form=self.kernels.conv,
     )(x)
     return x.astype(jnp.float32)
 
@@ -370,7 +399,12 @@ class DhariwalUNet(nn.Module):
       )
 
   def _norm(self, module_name: str) -> nn.Module:
-    return norms.make_norm(self.norm, dtype=self.dtype, module_name=module_name)
+    return norms.make_norm(
+      self.norm,
+      dtype=self.dtype,
+      module_name=module_name,
+      form=self.kernels.norm,
+    )
 
   def _block(self, name: str, out_channels: int, **kwargs) -> UNetBlock:
     block = RematUNetBlock if self.remat else UNetBlock
@@ -380,6 +414,7 @@ class DhariwalUNet(nn.Module):
       dropout=self.dropout,
       norm=self.norm,
       dtype=self.dtype,
+      kernels=self.kernels,
       name=name,
       **kwargs,
     )
@@ -402,7 +437,14 @@ class DhariwalUNet(nn.Module):
       prefix = f"enc_{res}x{res}"
       cout = self.model_channels * mult
       if level == 0:
-        x = _conv(cout, 3, x.shape[-1], self.dtype, f"{prefix}_conv")(x)
+        x = _conv(
+          cout,
+          3,
+          x.shape[-1],
+          self.dtype,
+          f"{prefix}_conv",
+          form=self.kernels.conv,
+        )(x)
       else:
         down = self._block(f"{prefix}_down", x.shape[-1], resample="down")
         x = down(x, emb, train)

@@ -1,0 +1,155 @@
+"""The kernel switch: the forms of a program's kernels, chosen by its target.
+
+Every backend-dependent choice of ilct_jax is made here, once per program,
+from the platform of the devices the program is compiled for (the mesh), not
+from the host's default backend: a TPU program compiled on a CPU host
+(`python -m ilct_jax.preflight`) gets the TPU forms.
+
+The choices (`model.kernels.*` in the config, each "auto" by default):
+
+  conv       "cpu": the forms tuned for XLA:CPU (1x1 convolutions as channel
+             GEMMs, 3x3 convolutions of small maps as im2col GEMMs, gradient
+             copies held back to the backward pass; models/unet.py);
+             "xla": `lax.conv_general_dilated` for every convolution.
+  norm       "custom": the norms' hand-written backward (models/norms.py);
+             "xla": the plain formula, differentiated by autodiff.
+  attention  "custom": attention's backward that recomputes the weights
+             (models/attention.py); "xla": the plain formula, autodiff.
+
+plus the XLA compiler options of the train step (`compiler_options`) and the
+dtype policy (params, norm statistics, loss, OT, optimizer and EMAs in
+float32 everywhere; activations in `model.dtype`, which no platform
+overrides). "auto" takes the row of `AUTO` for the platform. The CPU row was
+measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed); the TPU
+row by the compiled cost of the paper step (`python -m ilct_jax.preflight
+--compare_kernels`, docs/DESIGN.md, kernels by target). GPU has no compiled
+cost here (docs/SCALING.md says why) and takes the plain XLA forms except
+where noted in `AUTO`.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from jax.sharding import Mesh
+
+from ilct_jax import choices
+
+PLATFORMS = ("cpu", "gpu", "tpu")
+CONV = ("cpu", "xla")
+NORM = ("custom", "xla")
+ATTENTION = ("custom", "xla")
+
+# "auto" per platform. CPU: docs/DESIGN.md, speed (each form measured by the
+# benchmark). TPU: docs/DESIGN.md, kernels by target (compiled cost of the
+# paper step, float32 and bfloat16, on v4-8 and v5e-8). GPU: the TPU choice
+# of each kernel (no deviceless GPU compile in jax 0.10, docs/SCALING.md).
+AUTO = {
+  "cpu": {"conv": "cpu", "norm": "custom", "attention": "custom"},
+  "tpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
+  "gpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
+}
+
+# XLA:CPU: let YNNPACK take reductions and single dots (fusion kinds beyond
+# the default). Measured by `python -m ilct_jax.benchmark` on the paper
+# step at batch 8 (2 cores, one process, interleaved): 4.50 -> 4.16 s per
+# step, bit-identical loss. oneDNN, other YNN/XNN kinds, fast math and
+# 512-bit vectors gained nothing beyond noise and are not set. GPU and TPU
+# keep XLA's defaults.
+CPU_COMPILER_OPTIONS = {
+  "xla_cpu_experimental_ynn_fusion_type": (
+    "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+  ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+  """The forms one program's kernels take (hashable: a Flax attribute).
+
+  Attributes:
+    platform: "cpu", "gpu" or "tpu": the target the choices were made for.
+    conv: one of CONV.
+    norm: one of NORM.
+    attention: one of ATTENTION.
+  """
+
+  platform: str = "cpu"
+  conv: str = "cpu"
+  norm: str = "custom"
+  attention: str = "custom"
+
+  def compiler_options(self) -> dict[str, str] | None:
+    """`jax.jit(..., compiler_options=...)` of the train step."""
+    return dict(CPU_COMPILER_OPTIONS) if self.platform == "cpu" else None
+
+  def describe(self) -> str:
+    """'tpu: conv=xla norm=custom attention=custom' for logs and tables."""
+    return (
+      f"{self.platform}: conv={self.conv} norm={self.norm} "
+      f"attention={self.attention}"
+    )
+
+
+Target = Mesh | Sequence[Any] | str | None
+
+
+def platform_of(target: Target = None) -> str:
+  """The platform a program for `target` runs on: "cpu", "gpu" or "tpu".
+
+  Args:
+    target: a Mesh, a sequence of devices (compile-only TPU devices of a
+      topology included), a platform name, or None for the devices that
+      `parallel.make_mesh()` would use (`jax.devices()`).
+  """
+  if isinstance(target, str):
+    name = target
+  else:
+    if target is None:
+      devices = jax.devices()
+    elif isinstance(target, Mesh):
+      devices = list(target.devices.flat)
+    else:
+      devices = list(target)
+    if not devices:
+      raise ValueError("cannot choose kernels for an empty device list")
+    name = devices[0].platform
+  name = {"cuda": "gpu", "rocm": "gpu"}.get(name.lower(), name.lower())
+  if name not in PLATFORMS:
+    raise ValueError(
+      f"unknown platform {name!r}; ilct_jax chooses kernels for {PLATFORMS}"
+    )
+  return name
+
+
+def _field(config: ml_collections.ConfigDict | None, name: str) -> str:
+  # A run's config.json written before model.kernels existed lacks it.
+  kernels = None if config is None else config.get("kernels")
+  return "auto" if kernels is None else str(kernels.get(name, "auto"))
+
+
+def select(
+  model_config: ml_collections.ConfigDict | None, target: Target = None
+) -> Kernels:
+  """The kernels of a program for `target`: `model.kernels`, "auto" resolved.
+
+  Args:
+    model_config: the `model` config group (None: every kernel "auto").
+    target: what `platform_of` takes.
+
+  Raises:
+    ValueError: a `model.kernels` value that is not a known form.
+  """
+  platform = platform_of(target)
+  picked = {}
+  for name, allowed in (
+    ("conv", CONV),
+    ("norm", NORM),
+    ("attention", ATTENTION),
+  ):
+    value = _field(model_config, name)
+    choices.check(f"model.kernels.{name}", value, ("auto", *allowed))
+    picked[name] = AUTO[platform][name] if value == "auto" else value
+  return Kernels(platform=platform, **picked)

@@ -1,0 +1,141 @@
+"""docs/SCALING.md's preflight table: paper configs x TPU slices x dtypes.
+
+  python -m ilct_jax.scaling_table --results=docs/preflight_results.jsonl \
+      [--configs=celeba,...] [--topologies=v4-8,...] [--dtypes=float32,...]
+
+For each (config, topology, dtype) it compiles the train step at the paper
+batch and finds the largest batch that fits (`preflight.batch_search`: two
+compiles and a line, confirmed by one more), with `ilct_jax.preflight`'s
+functions. Each finished row is appended to the results file at once
+(one JSON line), and a row already there is not compiled again, so the
+command resumes where it was stopped; with the compile cache on, a stopped
+compile is the only work lost. The markdown table is printed from the file.
+A paper-size compile takes about 6 minutes on 2 cores.
+"""
+
+import sys
+
+from ilct_jax import targets
+
+if __name__ == "__main__":
+  targets.offline_environment()  # Before jax: see ilct_jax/targets.py.
+
+import json
+import os
+from pathlib import Path
+
+import jax
+
+from ilct_jax import analysis, preflight
+
+CONFIGS = ("celeba", "lsun_church", "ffhq", "ilct_baseline")
+TOPOLOGIES = ("v4-8", "v4-32", "v5e-8", "v5p-8", "v6e-8")
+DTYPES = ("float32", "bfloat16")
+_ROOT = Path(__file__).resolve().parents[1] / "configs"
+
+
+def read(path: str) -> dict[tuple, dict]:
+  rows = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          r = json.loads(line)
+          rows[(r["config"], r["topology"], r["dtype"])] = r
+  return rows
+
+
+def row(name: str, topology: str, dtype: str, log=print) -> dict:
+  """One table row: the train step at the paper batch and the largest batch."""
+  config = analysis.load_config_file(str(_ROOT / f"{name}.py"))
+  config.model.dtype = dtype
+  f = preflight.measure(config, topology, 1, ("train",))["train"]
+  log(
+    f"  {name} {topology} {dtype}: batch {config.train.batch_size}: "
+    f"{f['total'] / preflight.GIB:.2f} GiB ({f['compile_s']:.0f} s)"
+  )
+  known = {config.train.batch_size: f["total"]}
+  best, seen = preflight.batch_search(config, topology, 1, known, log=log)
+  r = preflight.roofline(config, f, topology)
+  chip = preflight.chip_of(topology)
+  return {
+    "config": name,
+    "topology": topology,
+    "dtype": dtype,
+    "chips": targets.topology(topology).chips,
+    "hbm_gib": chip.hbm_gib,
+    "batch": config.train.batch_size,
+    "fits": f["total"] <= chip.hbm_gib * preflight.GIB,
+    "args_gib": f["args"] / preflight.GIB,
+    "temp_gib": f["temp"] / preflight.GIB,
+    "total_gib": f["total"] / preflight.GIB,
+    "max_batch": best,
+    "compiled_batches": {str(b): t / preflight.GIB for b, t in seen.items()},
+    "tflop_per_chip": f["flops"] / 1e12,
+    "gb_accessed": f["bytes_accessed"] / 1e9,
+    "collective_mib": f["collective_bytes"] / 2**20,
+    "bound_ms": r["bound_s"] * 1e3,
+    "steps": r["steps"],
+    "projected_days": r["projected_days"],
+    "mfu": r["mfu"],
+    "compile_s": f["compile_s"],
+    "jax": jax.__version__,
+  }
+
+
+def markdown(rows: dict[tuple, dict]) -> str:
+  head = (
+    "| config | topology (chips, HBM) | dtype | fits at paper batch | "
+    "GiB per chip (args + temp) | largest batch | TFLOP per chip per step | "
+    "roofline ms per step | days at 40% MFU | compile s |"
+  )
+  out = [head, "|" + "---|" * 10]
+  for r in sorted(
+    rows.values(), key=lambda r: (r["config"], r["topology"], r["dtype"])
+  ):
+    out.append(
+      f"| {r['config']} | {r['topology']} ({r['chips']}, {r['hbm_gib']:g} "
+      f"GiB) | {r['dtype']} | {'yes' if r['fits'] else 'NO'} at "
+      f"{r['batch']} | {r['total_gib']:.2f} ({r['args_gib']:.2f} + "
+      f"{r['temp_gib']:.2f}) | {r['max_batch']} | "
+      f"{r['tflop_per_chip']:.2f} | {r['bound_ms']:.1f} | "
+      f"{r['projected_days']:.2f} | {r['compile_s']:.0f} |"
+    )
+  return "\n".join(out)
+
+
+def _main(argv: list[str]) -> None:
+  from absl import flags
+
+  from ilct_jax import cli
+
+  del argv
+  f = flags.FLAGS
+  jax.config.update("jax_threefry_partitionable", True)
+  cli.enable_compile_cache(f.compile_cache)
+  rows = read(f.results)
+  for name in f.configs:
+    for topo in f.topologies:
+      for dtype in f.dtypes:
+        if (name, topo, dtype) in rows:
+          continue
+        print(f"# {name} {topo} {dtype}", flush=True)
+        r = row(name, topo, dtype, log=lambda s: print(s, flush=True))
+        rows[(name, topo, dtype)] = r
+        with open(f.results, "a") as out:
+          out.write(json.dumps(r) + "\n")
+  print(markdown(rows))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  from ilct_jax import parallel
+
+  flags.DEFINE_string("results", "docs/preflight_results.jsonl", "Rows file.")
+  flags.DEFINE_list("configs", list(CONFIGS), "Paper configs (configs/*.py).")
+  flags.DEFINE_list("topologies", list(TOPOLOGIES), "TPU slices.")
+  flags.DEFINE_list("dtypes", list(DTYPES), "model.dtype values.")
+  parallel.define_cluster_flags()
+  app.run(_main)
+  sys.exit(0)
