@@ -68,6 +68,10 @@ EXTRAS = {
   # `python -m ilct_jax.preflight`: compiles for TPU slices on any machine
   # (libtpu, ~700 MB; the version jax 0.10.2's own [tpu] extra pins).
   "preflight": ["libtpu==0.0.42.*"],
+  # The same for H100 / H200 nodes: jax's CUDA plugin compiles for a GPU
+  # described in ilct_jax/targets.py with no GPU or NVIDIA library present
+  # (~480 MB). Not for training: use [cuda12] there.
+  "preflight-gpu": ["jax-cuda12-plugin>=0.10,<0.11"],
   "cuda12": ["jax[cuda12]>=0.10,<0.11"],
 }
 

@@ -306,18 +306,24 @@ def roofline(
   `flops.train_step_flops_per_example`) at `mfu` of the slice's peak.
   """
   chip = chip_of(topology)
-  chips = targets.topology(topology).chips * num_slices
-  compute = train["flops"] / (chip.peak_tflops * 1e12)
-  memory = train["bytes_accessed"] / (chip.hbm_gbps * 1e9)
-  network = train["collective_bytes"] / (chip.ici_gbps * 1e9)
-  model = state_lib.create_model(config, "tpu")
+  topo = targets.topology(topology)
+  chips = topo.chips * num_slices
+  model = state_lib.create_model(config, topo.platform)
   per_example = flops.train_step_flops_per_example(
     model, state_lib.example_shape(config)
   )
   step_flops = per_example * config.train.batch_size
+  # XLA:GPU reports no FLOPs or bytes for a deviceless program: the model
+  # FLOPs per chip stand in for the first, and the second is unknown (NaN).
+  chip_flops = train["flops"]
+  if not chip_flops == chip_flops:
+    chip_flops = step_flops / chips
+  compute = chip_flops / (chip.peak_tflops * 1e12)
+  memory = train["bytes_accessed"] / (chip.hbm_gbps * 1e9)
+  network = train["collective_bytes"] / (chip.ici_gbps * 1e9)
   steps = run_steps(config)
   step_s = step_flops / (chips * chip.peak_tflops * 1e12 * mfu)
-  bound = max(compute, memory, network)
+  bound = max(t for t in (compute, memory, network) if t == t)
   return {
     "compute_s": compute,
     "memory_s": memory,
@@ -415,6 +421,39 @@ def batch_search(
   return max(fits, default=0), seen
 
 
+# The forms compared by --compare_kernels: the target's "auto" row, then each
+# kernel switched to its other form alone.
+KERNEL_VARIANTS = (
+  ("auto", {}),
+  ("conv=cpu", {"conv": "cpu"}),
+  ("norm=xla", {"norm": "xla"}),
+  ("attention=xla", {"attention": "xla"}),
+)
+
+
+def compare_kernels(config, topology: str, log=print) -> dict[str, dict]:
+  """The train step's compiled cost with each kernel in each of its forms.
+
+  Returns {variant: figures}; each line is logged as it is measured
+  (FLOPs, bytes accessed, temporaries per chip), for docs/DESIGN.md.
+  """
+  from ilct_jax import kernels
+
+  platform = targets.topology(topology).platform
+  out = {}
+  for name, change in KERNEL_VARIANTS:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.kernels.update(change)
+    f = measure(c, topology, 1, ("train",))["train"]
+    out[name] = f
+    log(
+      f"| {name} ({kernels.select(c.model, platform).describe()}) | "
+      f"{f['flops'] / 1e12:.3f} | {f['bytes_accessed'] / 1e9:.2f} | "
+      f"{f['temp'] / GIB:.2f} | {f['compile_s']:.0f} |"
+    )
+  return out
+
+
 def _gib(x: float) -> str:
   return f"{x / GIB:.2f}"
 
@@ -459,7 +498,7 @@ def _main(argv: list[str]) -> None:
   topo = targets.topology(f.topology)
   chips = topo.chips * f.num_slices
   chip = chip_of(f.topology)
-  picked = kernels.select(config.model, "tpu")
+  picked = kernels.select(config.model, topo.platform)
   print(
     f"# {f.topology} x{f.num_slices}: {chips} chips of {chip.name} "
     f"({chip.hbm_gib:g} GiB HBM, {chip.peak_tflops:g} TFLOP/s bf16), "
@@ -467,6 +506,13 @@ def _main(argv: list[str]) -> None:
     f"{config.train.batch_size} ({config.train.batch_size / chips:g} per "
     f"chip); model.dtype={config.model.dtype}; kernels {picked.describe()}"
   )
+  if f.compare_kernels:
+    print(
+      "| kernels | TFLOP per chip | GB accessed | temp GiB | compile s |\n"
+      "|---|---|---|---|---|"
+    )
+    compare_kernels(config, f.topology, log=lambda s: print(s, flush=True))
+    return
   figures = measure(config, f.topology, f.num_slices, f.programs)
   print(table(figures, f.topology, f.num_slices))
   if "train" in figures:
@@ -514,6 +560,11 @@ def define_flags() -> None:
     "max_batch", False, "Also find the largest global batch that fits."
   )
   flags.DEFINE_float("mfu", DEFAULT_MFU, "MFU of the projected wall time.")
+  flags.DEFINE_bool(
+    "compare_kernels",
+    False,
+    "Only the train step, once per kernel form (docs/DESIGN.md).",
+  )
   parallel_lib.define_cluster_flags()  # --compile_cache (others unused).
 
 

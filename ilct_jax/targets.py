@@ -8,9 +8,12 @@ MaxText's `train_compile.py` does). `offline_environment()` sets what libtpu
 reads before jax starts, so that nothing leaves the machine: the host backend
 stays the CPU and libtpu asks no cloud metadata server.
 
-GPUs: jax 0.10's CUDA plugin cannot make compile-only devices on a host
-without a GPU driver (docs/SCALING.md, deviceless GPU compilation), so no GPU
-target is listed here; `tools/device_check.sh` is the GPU path.
+GPUs (`h100-8`, `h200-8`): jax 0.10's CUDA plugin (the `preflight-gpu`
+extra) makes compile-only GPU devices from a target description, with no GPU
+or driver on the host (`get_topology_desc(platform="cuda", target_config=
+..., topology="1x1x8")`, openxla/xla#16913). The description
+(`gpu_target_config`) is written from the NVIDIA datasheets and the CUDA
+device properties of compute capability 9.0 (docs/SCALING.md).
 """
 
 import dataclasses
@@ -37,6 +40,11 @@ class Chip:
 
 
 CHIPS = {
+  # NVIDIA H100 SXM5 / H200 SXM datasheets: dense bf16 989.4 TFLOP/s; HBM
+  # as CUDA reports it (79.1 GiB; 140.4 GiB); 3.35 / 4.8 TB/s; NVLink 4
+  # 900 GB/s per GPU (bidirectional).
+  "h100": Chip("NVIDIA H100 80GB HBM3", 989.4, 79.1, 3350.0, 900.0),
+  "h200": Chip("NVIDIA H200", 989.4, 140.4, 4800.0, 900.0),
   "v4": Chip("TPU v4", 275.0, 32.0, 1200.0, 600.0),
   "v5e": Chip("TPU v5e", 197.0, 16.0, 819.0, 400.0),
   "v5p": Chip("TPU v5p", 459.0, 95.0, 2765.0, 1200.0),
@@ -62,6 +70,7 @@ class Topology:
   chip_config: str
   host_bounds: tuple[int, int, int]
   chips: int
+  platform: str = "tpu"
 
   @property
   def hosts(self) -> int:
@@ -85,7 +94,51 @@ TOPOLOGIES = {
   "v6e-8": Topology("v6e", "v6e:2x4", "default", (2, 4, 1), 8),
   "v6e-16": Topology("v6e", "v6e:4x4", "default", (2, 2, 1), 16),
   "v6e-32": Topology("v6e", "v6e:4x8", "default", (2, 2, 1), 32),
+  # One 8-GPU host (NVLink); topology "<slices>x<hosts>x<gpus per host>".
+  "h100-8": Topology("h100", "1x1x8", "", (8, 1, 1), 8, "gpu"),
+  "h200-8": Topology("h200", "1x1x8", "", (8, 1, 1), 8, "gpu"),
 }
+
+# CUDA device properties of compute capability 9.0 (CUDA C++ Programming
+# Guide, "Technical Specifications per Compute Capability") and the SXM
+# parts' SM counts and clocks (NVIDIA H100 / H200 datasheets): what XLA's
+# GPU compiler reads instead of querying a device.
+_SM90 = """gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  shared_memory_per_block_optin: 232448
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {bandwidth}
+  l2_cache_size: {l2}
+  clock_rate_ghz: 1.98
+  device_memory_size: {memory}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 }}
+runtime_version {{ major: 12 minor: 8 }}
+device_description_str: "{name}"
+"""
+
+
+def gpu_target_config(chip: str) -> str:
+  """XLA's GPU target description (text proto) of an `h100`/`h200` chip."""
+  c = CHIPS[chip]
+  return _SM90.format(
+    bandwidth=int(c.hbm_gbps * 1e9),
+    l2=50 * 2**20,  # Both are GH100 parts: 50 MB of L2.
+    memory=int(c.hbm_gib * 2**30),
+    name=c.name,
+  )
 
 
 def topology(name: str) -> Topology:
@@ -124,6 +177,8 @@ def devices(name: str, num_slices: int = 1) -> list:
   t = topology(name)
   if num_slices < 1:
     raise ValueError(f"--num_slices must be >= 1, got {num_slices}")
+  if t.platform == "gpu":
+    return _gpu_devices(name, t, num_slices)
   try:
     desc = topologies.get_topology_desc(
       platform="tpu",
@@ -140,5 +195,22 @@ def devices(name: str, num_slices: int = 1) -> list:
     )
     raise RuntimeError(
       f"cannot describe {name} ({str(e).splitlines()[0]}); {hint}"
+    ) from e
+  return list(desc.devices)
+
+
+def _gpu_devices(name: str, t: Topology, num_slices: int) -> list:
+  from jax.experimental import topologies
+
+  try:
+    desc = topologies.get_topology_desc(
+      platform="cuda",
+      topology=f"{num_slices}x1x{t.chips}",
+      target_config=gpu_target_config(t.chip),
+    )
+  except Exception as e:  # No CUDA plugin in this environment.
+    raise RuntimeError(
+      f"cannot describe {name} ({str(e).splitlines()[0]}); install the "
+      "GPU preflight extra: pip install -e '.[preflight-gpu]'"
     ) from e
   return list(desc.devices)

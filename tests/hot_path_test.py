@@ -11,7 +11,7 @@ def test_hot_path_imports_without_tensorflow():
     "import ilct_jax.step, ilct_jax.state, ilct_jax.losses, ilct_jax.coupling\n"
     "import ilct_jax.sampling, ilct_jax.consistency, ilct_jax.models.unet\n"
     "import ilct_jax.benchmark, ilct_jax.models.autoencoder\n"
-    "import ilct_jax.models.vae, ilct_jax.parallel\n"
+    "import ilct_jax.models.vae, ilct_jax.parallel, ilct_jax.preflight\n"
     "leaked = sorted(m for m in sys.modules if m.split('.')[0] in\n"
     "                ('tensorflow', 'tensorflow_datasets'))\n"
     "assert not leaked, leaked\n"

@@ -345,3 +345,29 @@ def test_unknown_topology_and_undivisible_batch_are_clear(tiny_config):
     ValueError, match="train.batch_size=12 does not divide over the 8 chips"
   ):
     preflight.measure(tiny_config, "v5e-8", programs=("train",))
+
+
+HAVE_CUDA_PLUGIN = importlib.util.find_spec("jax_cuda12_plugin") is not None
+
+
+@pytest.mark.skipif(
+  not HAVE_CUDA_PLUGIN,
+  reason="no CUDA plugin (pip install -e '.[preflight-gpu]')",
+)
+def test_tiny_compiles_for_eight_h100s_without_a_gpu(tiny_config, optimized):
+  """Deviceless GPU compilation from a target description (jax 0.10)."""
+  mesh = parallel.make_mesh(targets.devices("h100-8"))
+  assert mesh.size == 8 and kernels.platform_of(mesh) == "gpu"
+  assert state_lib.create_model(tiny_config, mesh).kernels.conv == "xla"
+  compiled, _ = preflight.compile_train(tiny_config, mesh)
+  f = compiled_cost.of(compiled)
+  state = state_lib.abstract_sharded_state(tiny_config, mesh)
+  batch = jax.ShapeDtypeStruct(
+    (16, 8, 8, 1), jnp.float32, sharding=parallel.batch_sharding(mesh)
+  )
+  # No tiles on GPU: the arguments are the plain bytes of state and rows.
+  logical = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+  assert f["args"] == compiled_cost.argument_bytes(compiled, (state, batch))
+  assert f["args"] == logical + 2 * 8 * 8 * 4
+  assert 0 < f["temp"] < 64 * 2**20 and f["all-reduce_count"] >= 1
+  assert preflight.verdict({"train": f}, "h100-8") is None
