@@ -20,11 +20,10 @@ plus the XLA compiler options of the train step (`compiler_options`) and the
 dtype policy (params, norm statistics, loss, OT, optimizer and EMAs in
 float32 everywhere; activations in `model.dtype`, which no platform
 overrides). "auto" takes the row of `AUTO` for the platform. The CPU row was
-measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed); the TPU
-row by the compiled cost of the paper step (`python -m ilct_jax.preflight
---compare_kernels`, docs/DESIGN.md, kernels by target). GPU has no compiled
-cost here (docs/SCALING.md says why) and takes the plain XLA forms except
-where noted in `AUTO`.
+measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed). The TPU
+and GPU rows are not measured yet: `python -m ilct_jax.preflight
+--compare_kernels` compiles each form for a target and reports its cost
+(docs/DESIGN.md, kernels by target).
 """
 
 import dataclasses
@@ -43,9 +42,9 @@ NORM = ("custom", "xla")
 ATTENTION = ("custom", "xla")
 
 # "auto" per platform. CPU: docs/DESIGN.md, speed (each form measured by the
-# benchmark). TPU: docs/DESIGN.md, kernels by target (compiled cost of the
-# paper step, float32 and bfloat16, on v4-8 and v5e-8). GPU: the TPU choice
-# of each kernel (no deviceless GPU compile in jax 0.10, docs/SCALING.md).
+# benchmark). TPU and GPU: lax.conv (they fold the kernel flip into their
+# convolutions); norm and attention keep the custom backwards every platform
+# ran before, until --compare_kernels has measured them (docs/DESIGN.md).
 AUTO = {
   "cpu": {"conv": "cpu", "norm": "custom", "attention": "custom"},
   "tpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
