@@ -31,24 +31,15 @@ if __name__ == "__main__":
   ]
   targets.offline_environment(_topology[-1] if _topology else "v4-8")
 
-import re
-import time
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from ilct_jax import compiled_cost, flops, parallel, sampling, train
+from ilct_jax import compiled_cost, flops, train
 from ilct_jax import state as state_lib
-from ilct_jax import step as step_lib
-from ilct_jax.evaluation import samples
-from ilct_jax.models import autoencoder, inception
-from ilct_jax.models import vae as vae_lib
+from ilct_jax.target_programs import PROGRAMS, examples, measure
 
 EXIT_DOES_NOT_FIT = 3
 GIB = 2.0**30
-PROGRAMS = ("train", "sample_1step", "sample_2step", "encode", "fid_features")
 DEFAULT_MFU = 0.4  # The stated MFU of the projected wall time (--mfu).
 
 
@@ -58,203 +49,6 @@ class DoesNotFit(SystemExit):
   def __init__(self, line: str):
     super().__init__(EXIT_DOES_NOT_FIT)
     self.line = line
-
-
-def _abstract(tree: Any, sharding: Any) -> Any:
-  return jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), tree
-  )
-
-
-def _timed_compile(lowered: Any) -> tuple[Any, float]:
-  t0 = time.perf_counter()
-  compiled = lowered.compile()
-  return compiled, time.perf_counter() - t0
-
-
-# Training-set sizes of the paper runs (ALGORITHM.md §13, flops.PAPER_RUNS):
-# CelebA-HQ's 27k train split, LSUN Church doubled by flips, FFHQ 70k.
-_PAPER_EXAMPLES = {
-  "celeb_a_hq": 27_000,
-  "lsun_church": 2 * 126_227,
-  "ffhq": 70_000,
-}
-
-
-def _examples(config: ml_collections.ConfigDict) -> int:
-  """Training-set size: data.num_examples, else the paper run's size."""
-  if config.data.num_examples > 0:
-    return int(config.data.num_examples)
-  where = f"{config.data.get('name', '')} {config.data.get('latent_dir', '')}"
-  for key, n in _PAPER_EXAMPLES.items():
-    if key in where:
-      return n
-  return 1797 if config.data.source == "digits" else 27_000  # UCI digits.
-
-
-def compile_train(config, mesh) -> tuple[Any, float]:
-  """The train step as `train.compile_step` compiles it, nothing allocated."""
-  state = state_lib.abstract_sharded_state(config, mesh)
-  steps = train.total_steps(config, _examples(config))
-  compiled, seconds = step_lib.compile_ahead(config, mesh, state, max(steps, 1))
-  return compiled, seconds
-
-
-def _latent(config: ml_collections.ConfigDict) -> bool:
-  return config.data.source != "digits"
-
-
-def _decoder(config):
-  """(decode(aux, x0), abstract aux): the SD VAE for latents, else identity."""
-  if not _latent(config):
-    return (lambda aux, x: x), ()
-  vae = vae_lib.AutoencoderKL()
-  decode = lambda aux, x: autoencoder.decode_pure(vae, aux, x)
-  return decode, vae_lib.abstract_params(vae)
-
-
-def compile_sampler(config, mesh, name: str) -> tuple[Any, float]:
-  """`samples.sample_program` (no Inception) for the 'onestep'/'twostep'."""
-  sigmas = sampling.samplers(config)[name]
-  decode, aux = _decoder(config)
-  program = samples.sample_program(config, sigmas, mesh, decode)
-  repl = parallel.replicated(mesh)
-  params = _abstract(state_lib.abstract_state(config).params, repl)
-  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)
-  return _timed_compile(program.lower(params, _abstract(aux, repl), key))
-
-
-def _image_side(config: ml_collections.ConfigDict) -> int:
-  side = config.data.image_size
-  return (
-    side * vae_lib.AutoencoderKL().downsample_factor
-    if _latent(config)
-    else side
-  )
-
-
-def compile_encode(config, mesh) -> tuple[Any, float] | None:
-  """The encode job's step: VAE encode + posterior sample (latent configs)."""
-  if not _latent(config):
-    return None
-  vae = vae_lib.AutoencoderKL()
-  hosts = len({d.process_index for d in mesh.devices.flat})
-  devices = mesh.size
-  batch = -(-max(int(config.data.encode_batch), 1) * hosts // devices) * devices
-  rows, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  side = _image_side(config)
-
-  def encode(params, images, keys):
-    mean, logvar = autoencoder.encode_pure(vae, params, images)
-    return jax.vmap(autoencoder.sample_latents)(keys, mean, logvar)
-
-  fn = jax.jit(encode, out_shardings=rows)
-  images = jax.ShapeDtypeStruct(
-    (batch, side, side, 3), jnp.float32, sharding=rows
-  )
-  keys = jax.ShapeDtypeStruct((batch,), jax.random.key(0).dtype, sharding=rows)
-  params = _abstract(vae_lib.abstract_params(vae), repl)
-  return _timed_compile(fn.lower(params, images, keys))
-
-
-def compile_features(config, mesh) -> tuple[Any, float]:
-  """InceptionV3 pool3 of eval.batch_size uint8 images (the FID features)."""
-  from ilct_jax.evaluation import features  # Module-level import is heavy.
-
-  module = inception.InceptionV3()
-  size = config.eval.inception_size
-  probe = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(module.init, jax.random.key(0), probe)
-  rows, repl = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  side = _image_side(config)
-  shape = (config.eval.batch_size, side, side, 3)
-  images = jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=rows)
-  fn = jax.jit(
-    lambda v, u8: features.pool3(module, v, u8, size), out_shardings=rows
-  )
-  return _timed_compile(fn.lower(_abstract(variables, repl), images))
-
-
-def _check_batches(config, devices: int, programs) -> None:
-  checks = {"train": ("train.batch_size", config.train.batch_size)}
-  for p in ("sample_1step", "sample_2step", "fid_features"):
-    checks[p] = ("eval.batch_size", config.eval.batch_size)
-  for p in programs:
-    if p in checks and checks[p][1] % devices:
-      field, value = checks[p]
-      raise ValueError(
-        f"{field}={value} does not divide over the {devices} chips of this "
-        f"topology; set --config.{field} to a multiple of {devices}"
-      )
-
-
-def measure(
-  config: ml_collections.ConfigDict,
-  topology: str,
-  num_slices: int = 1,
-  programs=PROGRAMS,
-) -> dict[str, dict[str, float]]:
-  """{program: compiled_cost.of(...) + compile_s} on the named topology."""
-  devices = targets.devices(topology, num_slices)
-  mesh = parallel.make_mesh(devices)
-  _check_batches(config, mesh.size, programs)
-  makers = {
-    "train": lambda: compile_train(config, mesh),
-    "sample_1step": lambda: compile_sampler(config, mesh, "onestep"),
-    "sample_2step": lambda: compile_sampler(config, mesh, "twostep"),
-    "encode": lambda: compile_encode(config, mesh),
-    "fid_features": lambda: compile_features(config, mesh),
-  }
-  out = {}
-  for name in programs:
-    t0 = time.perf_counter()
-    try:
-      made = makers[name]()
-    except jax.errors.JaxRuntimeError as e:
-      oom = _compiler_oom(str(e))
-      if oom is None:
-        raise
-      out[name] = {**oom, "compile_s": time.perf_counter() - t0}
-      continue
-    if made is None:
-      continue
-    compiled, seconds = made
-    out[name] = {**compiled_cost.of(compiled), "compile_s": seconds}
-  return out
-
-
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-_OOM = re.compile(
-  r"RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm|"
-  r"RESOURCE_EXHAUSTED: Ran out of memory on HBM"
-)
-_NEED = re.compile(
-  r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
-)
-
-
-def _compiler_oom(message: str) -> dict[str, float] | None:
-  """The TPU compiler's own refusal ("Ran out of memory on HBM"), as figures.
-
-  Far past the chip's memory, XLA:TPU stops before any buffer assignment;
-  its message names the bytes required and the usable HBM (e.g. 1.51T of
-  15.75G), which the verdict then reports.
-  """
-  if not _OOM.search(message):
-    return None
-  m = _NEED.search(message)
-  nan = float("nan")
-  need = float(m.group(1)) * _UNITS[m.group(2)] if m else float("inf")
-  usable = float(m.group(3)) * _UNITS[m.group(4)] if m else nan
-  keys = ("args", "outputs", "aliased", "temp", "flops", "bytes_accessed")
-  return {
-    **{k: nan for k in keys},
-    "total": need,
-    "usable": usable,
-    "compiler_oom": 1.0,
-    "collective_count": nan,
-    "collective_bytes": nan,
-  }
 
 
 def chip_of(topology: str) -> targets.Chip:
@@ -340,7 +134,7 @@ def roofline(
 
 def run_steps(config: ml_collections.ConfigDict) -> int:
   """K of the run: train.num_steps, or epochs over the training set."""
-  return train.total_steps(config, _examples(config))
+  return train.total_steps(config, examples(config))
 
 
 def granule(config: ml_collections.ConfigDict, devices: int) -> int:
@@ -359,12 +153,12 @@ def batch_search(
 ) -> tuple[int, dict[int, float]]:
   """Largest global train batch whose step fits in HBM, and what was compiled.
 
-  Per-chip memory is affine in the batch (the state plus activations per
-  example), so two compiles (the batch and half of it) give the line, the
-  line gives the candidate, and one more compile confirms that it fits;
-  where the line misleads (the candidate does not fit), bisection between
-  the largest batch that fit and the smallest that did not takes over.
-  Batches stay multiples of `granule`.
+  Per-chip memory is nearly affine in the batch (the state, plus activations
+  per example), so two compiles (the batch and half of it) give a line, the
+  line's crossing of the capacity is compiled next, and when it fits (nothing
+  measured above it failed) it is the answer. Otherwise the search
+  alternates the line through the bracketing points with bisection until
+  the bracket is one granule wide. Batches stay multiples of `granule`.
 
   Args:
     known: {global batch: total bytes per chip} already measured (reused).
@@ -373,52 +167,51 @@ def batch_search(
   Returns:
     (largest fitting batch or 0, {batch: total bytes per chip}).
   """
-  chips = targets.topology(topology).chips * num_slices
-  g = granule(config, chips)
-  capacity = chip_of(topology).hbm_gib * GIB
+  g = granule(config, targets.topology(topology).chips * num_slices)
+  cap = chip_of(topology).hbm_gib * GIB
   seen = dict(known or {})
+  ok = {b: t <= cap for b, t in seen.items()}
 
-  def total(batch: int) -> float:
-    if batch not in seen:
-      c = ml_collections.ConfigDict(config.to_dict())
-      c.train.batch_size = batch
-      f = measure(c, topology, num_slices, ("train",))["train"]
-      seen[batch] = f["total"]
-      log(
-        f"  batch {batch}: {f['total'] / GIB:.2f} GiB per chip "
-        f"({f['compile_s']:.0f} s compile)"
-      )
-    return seen[batch]
+  def compile_at(batch: int) -> None:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.train.batch_size = batch
+    f = measure(c, topology, num_slices, ("train",))["train"]
+    seen[batch], ok[batch] = f["total"], fits(f, topology)
+    log(
+      f"  batch {batch}: {f['total'] / GIB:.2f} GiB per chip "
+      f"({f['compile_s']:.0f} s compile)"
+    )
+
+  def crossing(b1: int, b2: int) -> int | None:  # The line meets capacity.
+    slope = (seen[b2] - seen[b1]) / (b2 - b1)
+    return int(b1 + (cap - seen[b1]) / slope) // g * g if slope > 0 else None
 
   base = max(g, config.train.batch_size // g * g)
-  total(base)
-  # The second point below the first: smaller batches compile faster.
-  other = max(g, base // 2 // g * g)
-  if other == base:
-    other = base * 2
-  total(other)
-  fits = [b for b, t in seen.items() if t <= capacity]
-  fails = [b for b, t in seen.items() if t > capacity]
-  if len(seen) >= 2:  # The line through the two smallest points measured.
-    (b1, t1), (b2, t2) = sorted(seen.items())[:2]
-    slope = (t2 - t1) / (b2 - b1)
-    if slope > 0:
-      guess = int((capacity - (t1 - slope * b1)) / slope) // g * g
-      guess = min(guess, 1 << 20)
-      if guess >= g and guess not in seen:
-        total(guess)
-  for _ in range(12):  # Bisection between what fit and what did not.
-    fits = [b for b, t in seen.items() if t <= capacity]
-    fails = [b for b, t in seen.items() if t > capacity]
-    lo = max(fits, default=0)
-    hi = min([b for b in fails if b > lo], default=None)
+  for b in (base, max(g, base // 2 // g * g) if base > g else 2 * g):
+    if b not in seen:
+      compile_at(b)
+  by_line, guessed = True, False
+  for _ in range(24):
+    lo = max([b for b in seen if ok[b]], default=0)
+    hi = min([b for b in seen if not ok[b] and b > lo], default=None)
     if hi is None:
-      break  # The line's guess fit: it is the answer (one compile more).
-    if hi - lo <= g:
+      if guessed:
+        break  # The line's guess fit and nothing above it failed.
+      guess = crossing(*sorted(seen)[-2:])
+      nxt = min(guess, 1 << 20) if guess and guess > lo else 2 * lo
+      guessed = guess is not None
+    elif hi - lo <= g:
       break
-    total((lo + hi) // 2 // g * g)
-  fits = [b for b, t in seen.items() if t <= capacity]
-  return max(fits, default=0), seen
+    else:
+      pair = (lo, hi) if lo else sorted(seen)[:2]
+      guess = crossing(*pair) if by_line else None
+      mid = max(g, (lo + hi) // 2 // g * g)
+      nxt = guess if guess is not None and lo < guess < hi else mid
+      by_line = not by_line
+    if nxt in seen:
+      break
+    compile_at(nxt)
+  return max([b for b in seen if ok[b]], default=0), seen
 
 
 # The forms compared by --compare_kernels: the target's "auto" row, then each
@@ -532,7 +325,10 @@ def _main(argv: list[str]) -> None:
     )
   if f.max_batch:
     print("\n# --max_batch: largest global train batch that fits")
-    best, _ = batch_search(config, f.topology, f.num_slices)
+    known = {}
+    if "train" in figures and not figures["train"].get("compiler_oom"):
+      known[config.train.batch_size] = figures["train"]["total"]
+    best, _ = batch_search(config, f.topology, f.num_slices, known)
     print(f"# largest global batch that fits on {f.topology}: {best}")
   line = verdict(figures, f.topology)
   if line:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jax
 
-from ilct_jax import analysis, preflight
+from ilct_jax import analysis, preflight, target_programs
 
 CONFIGS = ("celeba", "lsun_church", "ffhq", "ilct_baseline")
 TOPOLOGIES = ("v4-8", "v4-32", "v5e-8", "v5p-8", "v6e-8")
@@ -49,7 +49,7 @@ def row(name: str, topology: str, dtype: str, log=print) -> dict:
   """One table row: the train step at the paper batch and the largest batch."""
   config = analysis.load_config_file(str(_ROOT / f"{name}.py"))
   config.model.dtype = dtype
-  f = preflight.measure(config, topology, 1, ("train",))["train"]
+  f = target_programs.measure(config, topology, 1, ("train",))["train"]
   log(
     f"  {name} {topology} {dtype}: batch {config.train.batch_size}: "
     f"{f['total'] / preflight.GIB:.2f} GiB ({f['compile_s']:.0f} s)"

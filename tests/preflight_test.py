@@ -17,7 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import compiled_cost, kernels, parallel, preflight, targets
+from ilct_jax import (
+  compiled_cost,
+  kernels,
+  parallel,
+  preflight,
+  target_programs,
+  targets,
+)
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.models import attention, norms
@@ -271,7 +278,7 @@ def test_tiny_compiles_and_fits(topology, tiny_config, optimized):
   mesh = parallel.make_mesh(targets.devices(topology))
   chips = targets.topology(topology).chips
   assert mesh.size == chips
-  compiled, _ = preflight.compile_train(config, mesh)
+  compiled, _ = target_programs.compile_train(config, mesh)
   f = compiled_cost.of(compiled)
   state = state_lib.abstract_sharded_state(config, mesh)
   batch = jax.ShapeDtypeStruct(
@@ -359,7 +366,7 @@ def test_tiny_compiles_for_eight_h100s_without_a_gpu(tiny_config, optimized):
   mesh = parallel.make_mesh(targets.devices("h100-8"))
   assert mesh.size == 8 and kernels.platform_of(mesh) == "gpu"
   assert state_lib.create_model(tiny_config, mesh).kernels.conv == "xla"
-  compiled, _ = preflight.compile_train(tiny_config, mesh)
+  compiled, _ = target_programs.compile_train(tiny_config, mesh)
   f = compiled_cost.of(compiled)
   state = state_lib.abstract_sharded_state(tiny_config, mesh)
   batch = jax.ShapeDtypeStruct(
