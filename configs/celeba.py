@@ -24,15 +24,15 @@ Command:
   python -m ilct_jax.main --config=configs/celeba.py --workdir=runs/celeba
 
 Hardware: the reference ran on one GPU; here any device count works (global
-batch 128 must divide over the devices; coupling.scope=auto pairs all 128
-together, the single-GPU OT semantics). Precision: float32 (model.dtype), as
-the authors trained (fp32 with TF32 matmuls), on any hardware; on H100/H200
-GPUs and TPUs --config.model.dtype=bfloat16 runs convolutions, dense layers
-and attention in bf16 (norm statistics, loss, OT, optimizer and EMAs stay
-float32), untested against the paper's FID. Wall time: not measured here (no
-accelerator was available when this config was written); `python -m
-ilct_jax.benchmark --config=configs/celeba.py` prints steps/s and the
-projected wall time on your hardware.
+batch 128 must divide over the devices; coupling.group_size=128 pairs all 128
+together, the single GPU's OT, on any device count). Precision: float32
+(model.dtype), as the authors trained (fp32 with TF32 matmuls), on any
+hardware; on H100/H200 GPUs and TPUs --config.model.dtype=bfloat16 runs
+convolutions, dense layers and attention in bf16 (norm statistics, loss, OT,
+optimizer and EMAs stay float32), untested against the paper's FID. Wall time:
+not measured here (no accelerator was available when this config was written);
+`python -m ilct_jax.benchmark --config=configs/celeba.py` prints steps/s and
+the projected wall time on your hardware.
 
 Uncertain: the authors picked the best of epochs 1300-1400 and of several
 EMAs; the FID reference folder may hold 30k real images (ALGORITHM.md §15, §17).
@@ -50,4 +50,5 @@ def get_config() -> ml_collections.ConfigDict:
   recipe.paper_recipe(config)
   config.train.batch_size = 128
   config.train.epochs = 1400
+  config.coupling.group_size = 128  # One GPU paired its whole batch.
   return config

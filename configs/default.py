@@ -91,9 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- coupling
   config.coupling = coupling = ml_collections.ConfigDict()
   coupling.method = "exact"  # exact | sinkhorn | none (ALGORITHM.md §9).
-  # global (whole batch) | shard (per device) | auto (global up to 512
-  # examples, per device above: exact OT grows ~cubically, ALGORITHM.md §9).
-  coupling.scope = "auto"
+  # Rows per OT group, contiguous in the global batch; 0 = the whole batch.
+  # The pairing never depends on the device count (ALGORITHM.md §9); the
+  # paper configs set the authors' per-GPU batch.
+  coupling.group_size = 0
   coupling.epsilon = 0.01  # Sinkhorn entropic regularization (relative).
   coupling.iterations = 200  # Sinkhorn iterations (fixed, so it jits).
 
@@ -122,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.ckpt_every = 5000  # Steps between checkpoints (and at the end).
   train.keep = 3  # Most recent checkpoints kept.
   train.keep_every = 50_000  # Also keep every this many steps (0 = off).
+  # A step with a non-finite loss or gradient is skipped and counted; then
+  # halt: EMAs frozen, the run stops after max_nonfinite of them (ours);
+  # skip: the same, never stops; authors: EMAs still step, lr halves after
+  # each 101 such steps, never stops (LCT train_cm_latent.py).
+  train.nonfinite = "halt"
   train.max_nonfinite = 100  # Halt after this many skipped non-finite steps.
   train.eval_every = 0  # Steps between small-N FID evaluations (0 = off).
   train.profile_steps = 0  # Steps to profile once into the workdir (0 = off).

@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from ilct_jax import choices, consistency, coupling, losses, optim, storage
+from ilct_jax import state as state_lib
 from ilct_jax.models import norms
 
 
@@ -16,9 +17,16 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   """Every name-valued field is one of its known choices."""
   losses.validate(config.ct.loss)
   consistency.validate(config.ct)
-  coupling.validate(config.coupling.method, config.coupling.scope)
+  coupling.validate(config.coupling.method)
+  if "group_size" in config.coupling:
+    coupling.group_count(config.train.batch_size, config.coupling.group_size)
   choices.check("model.norm", config.model.norm, norms.NORMS)
   choices.check("optim.name", config.optim.name, optim.OPTIMIZERS)
+  choices.check(
+    "train.nonfinite",
+    config.train.get("nonfinite", "halt"),
+    state_lib.NONFINITE_POLICIES,
+  )
   if not 0.0 <= config.ct.diffusion_threshold <= 1.0:
     raise ValueError(
       f"ct.diffusion_threshold={config.ct.diffusion_threshold} must be in "

@@ -28,9 +28,16 @@ numpy, scipy or host callbacks (ALGORITHM.md §19). Methods:
   (not measured here).
 * `none`: the identity pairing.
 
-Scopes (docs/DESIGN.md, parallelism): `global` pairs over the whole global batch
-(the paper's single-GPU CelebA run); `shard` pairs within each device's shard
-under `jax.shard_map`, as the reference's DDP did per GPU.
+Groups (docs/ALGORITHM.md §9): `coupling.group_size` G splits the global
+batch into contiguous groups of G rows, and each group is paired on its own
+(0: the whole batch is one group). The authors' runs paired per GPU, so the
+paper configs set G to their per-GPU batch (128 for CelebA, 192 for LSUN).
+The pairing depends only on the batch and G, never on the device count:
+every group is solved by the same computation, one group after another
+(`lax.map`), either on each device for its own whole groups (when the groups
+divide over the devices) or on a replicated copy of the batch; which of the
+two runs is a speed choice that cannot change a permutation (tested on 1, 2,
+4 and 8 devices).
 """
 
 import jax
@@ -42,35 +49,39 @@ from optax import assignment as optax_assignment
 from ilct_jax import choices
 
 METHODS = ("exact", "sinkhorn", "none")
-SCOPES = ("global", "shard", "auto")
-# `auto` pairs over the whole batch up to this many examples, per device
-# shard above it: the exact solver's cost grows about cubically with the
-# batch (benchmark --mode=ot: ~2 ms at 128, ~50 ms at 512 and seconds at
-# 1536 on the 2-core CPU), while the reference itself paired per GPU in its
-# multi-GPU runs (ALGORITHM.md §9, §13).
-AUTO_GLOBAL_MAX = 512
+# Before coupling.group_size, runs chose a scope; their config.json still
+# says so, and `legacy_group_size` pairs them as they were trained.
+LEGACY_SCOPES = ("global", "shard", "auto")
+LEGACY_AUTO_GLOBAL_MAX = 512  # `auto`: whole batch up to 512, else per device.
 
 
-def resolve_scope(scope: str, batch: int) -> str:
-  """The scope a configured `coupling.scope` means for a global batch."""
-  if scope != "auto":
-    return scope
-  return "global" if batch <= AUTO_GLOBAL_MAX else "shard"
+def legacy_group_size(scope: str, batch: int, devices: int) -> int:
+  """The group size a pre-group_size run's `coupling.scope` meant."""
+  choices.check("coupling.scope", scope, LEGACY_SCOPES)
+  per_device = scope == "shard" or (
+    scope == "auto" and batch > LEGACY_AUTO_GLOBAL_MAX
+  )
+  return batch // devices if per_device else 0
+
+
+def group_count(batch: int, group_size: int) -> int:
+  """How many OT groups a global batch has; a clear error if G misfits."""
+  size = group_size or batch
+  if isinstance(group_size, bool) or size < 1 or batch % size:
+    raise ValueError(
+      f"coupling.group_size={group_size!r} must divide the global batch "
+      f"{batch}; use a divisor of it (0 pairs the whole batch as one group)"
+    )
+  return batch // size
 
 
 # ott-jax's default Sinkhorn convergence-check period (Sinkhorn.__init__).
 _MAX_INNER_ITERATIONS = 10
 
 
-def validate(method: str, scope: str) -> None:
-  """Raises a clear ValueError if `method` or `scope` is not a known name.
-
-  Args:
-    method: one of METHODS.
-    scope: one of SCOPES.
-  """
+def validate(method: str) -> None:
+  """Raises a clear ValueError if `method` is not one of METHODS."""
   choices.check("coupling.method", method, METHODS)
-  choices.check("coupling.scope", scope, SCOPES)
 
 
 def _check_solver_args(epsilon: float, iterations: int) -> None:
@@ -283,7 +294,7 @@ def assignment(
   Returns:
     int32 [B] perm such that the pairs are (x[k], z[perm[k]]).
   """
-  validate(method, "global")
+  validate(method)
   _check_shapes(x, z)
   _check_solver_args(epsilon, iterations)
   xf = _replicated(_flatten(x), None, "")
@@ -291,7 +302,7 @@ def assignment(
   return _local_assignment(xf, zf, method, epsilon, iterations)
 
 
-def _check_mesh(x: jax.Array, mesh: Mesh, axis: str, scope: str) -> None:
+def _check_mesh(x: jax.Array, mesh: Mesh, axis: str) -> None:
   if axis not in mesh.shape:
     raise ValueError(
       f"coupling: mesh has no axis {axis!r} (axes {tuple(mesh.shape)}); pass "
@@ -299,25 +310,39 @@ def _check_mesh(x: jax.Array, mesh: Mesh, axis: str, scope: str) -> None:
     )
   if x.shape[0] % mesh.shape[axis]:
     raise ValueError(
-      f"coupling.scope={scope!r}: batch {x.shape[0]} is not divisible by the "
+      f"coupling: batch {x.shape[0]} is not divisible by the "
       f"{mesh.shape[axis]} devices on mesh axis {axis!r}"
     )
 
 
-def _pair_global(
+def _group_perm(
+  xf: jax.Array, zf: jax.Array, groups: int, solve_args: tuple
+) -> jax.Array:
+  """One permutation of all rows that pairs each contiguous group alone.
+
+  The groups are solved one after another (`lax.map`), so each is the same
+  computation whatever the number of groups in the call.
+  """
+  size = xf.shape[0] // groups
+  pairs = (xf.reshape(groups, size, -1), zf.reshape(groups, size, -1))
+  perms = jax.lax.map(lambda p: _local_assignment(*p, *solve_args), pairs)
+  offsets = jnp.arange(groups, dtype=jnp.int32)[:, None] * size
+  return (perms + offsets).reshape(-1)
+
+
+def _pair_replicated(
   x: jax.Array,
   z: jax.Array,
+  groups: int,
   mesh: Mesh | None,
   axis: str,
-  solve_args: tuple[str, float, int],
+  solve_args: tuple,
 ) -> jax.Array:
-  """scope="global": one assignment over the whole (global) batch."""
-  if mesh is not None:
-    _check_mesh(x, mesh, axis, "global")
+  """Every group solved on a replicated copy of the batch."""
   z_sharding = getattr(jax.typeof(z), "sharding", None)
   xf = _replicated(_flatten(x), mesh, axis)
   z_all = _replicated(z, mesh, axis)
-  paired = z_all[_local_assignment(xf, _flatten(z_all), *solve_args)]
+  paired = z_all[_group_perm(xf, _flatten(z_all), groups, solve_args)]
   if mesh is not None:
     return _place(paired, mesh, axis, P(axis))
   spec = getattr(z_sharding, "spec", None)
@@ -327,23 +352,21 @@ def _pair_global(
   return paired
 
 
-def _pair_shard(
+def _pair_on_devices(
   x: jax.Array,
   z: jax.Array,
-  mesh: Mesh | None,
+  groups: int,
+  mesh: Mesh,
   axis: str,
-  solve_args: tuple[str, float, int],
+  solve_args: tuple,
 ) -> jax.Array:
-  """scope="shard": each device pairs only the rows of its own shard."""
-  if mesh is None:
-    raise ValueError(
-      "coupling.scope='shard' needs a mesh; pass mesh=jax.make_mesh(...) or "
-      "use scope='global'"
-    )
-  _check_mesh(x, mesh, axis, "shard")
+  """Each device solves the whole groups of its own shard."""
+  local_groups = groups // mesh.shape[axis]
 
   def local(x_shard, z_shard):
-    perm = _local_assignment(_flatten(x_shard), _flatten(z_shard), *solve_args)
+    perm = _group_perm(
+      _flatten(x_shard), _flatten(z_shard), local_groups, solve_args
+    )
     return z_shard[perm]
 
   # check_vma=False: the solvers' loop carries start as unvarying constants
@@ -359,7 +382,7 @@ def pair(
   z: jax.Array,
   *,
   method: str,
-  scope: str = "global",
+  group_size: int = 0,
   mesh: Mesh | None = None,
   axis: str = "data",
   epsilon: float = 0.01,
@@ -371,12 +394,11 @@ def pair(
     x: data, [B, ...] (the global batch; may be sharded over `axis`).
     z: noise, same shape as x.
     method: one of METHODS; "none" returns z unchanged.
-    scope: "global" (one assignment over the whole batch), "shard" (each
-      device pairs its own shard under jax.shard_map; needs `mesh`) or
-      "auto" (global up to AUTO_GLOBAL_MAX examples, else shard).
-    mesh: the device mesh; required for "shard". For "global" it is optional
-      and makes the solver run on a replicated copy, with the result sharded
-      back over `axis`.
+    group_size: rows per OT group (contiguous in the global batch); 0 = the
+      whole batch. It must divide B.
+    mesh: the device mesh. With it, a batch whose groups divide over the
+      devices is paired on each device for its own groups, any other on a
+      replicated copy; the permutation is the same either way.
     axis: the mesh axis the batch is sharded over.
     epsilon: Sinkhorn regularization, relative to the max cost.
     iterations: fixed number of Sinkhorn iterations.
@@ -384,12 +406,16 @@ def pair(
   Returns:
     z[perm], same shape and dtype as z.
   """
-  validate(method, scope)
+  validate(method)
   _check_shapes(x, z)
   _check_solver_args(epsilon, iterations)
+  groups = group_count(x.shape[0], group_size)
   if method == "none":
     return z
-  scope = resolve_scope(scope, x.shape[0])
-  if scope == "shard":
-    return _pair_shard(x, z, mesh, axis, (method, epsilon, iterations))
-  return _pair_global(x, z, mesh, axis, (method, epsilon, iterations))
+  args = (method, epsilon, iterations)
+  if mesh is None:
+    return _pair_replicated(x, z, groups, None, axis, args)
+  _check_mesh(x, mesh, axis)
+  if mesh.shape[axis] > 1 and groups % mesh.shape[axis] == 0:
+    return _pair_on_devices(x, z, groups, mesh, axis, args)
+  return _pair_replicated(x, z, groups, mesh, axis, args)

@@ -25,6 +25,18 @@ from ilct_jax.models import unet
 PyTree = Any
 
 
+NONFINITE_POLICIES = ("halt", "skip", "authors")
+# The authors halve the lr when their NaN counter exceeds 100 and reset it:
+# at the 101st, 202nd, ... non-finite step (LCT `ot`, train_cm_latent.py).
+AUTHORS_NAN_PERIOD = 101
+
+
+def authors_lr_scale(nonfinite: jax.Array) -> jax.Array:
+  """The authors' lr multiplier after `nonfinite` skipped steps: 0.5^k."""
+  halvings = (nonfinite // AUTHORS_NAN_PERIOD).astype(jnp.float32)
+  return jnp.exp2(-halvings)
+
+
 class TrainState(flax.struct.PyTreeNode):
   """step, online params, one EMA tree per decay, optimizer state, counters."""
 
@@ -40,8 +52,18 @@ class TrainState(flax.struct.PyTreeNode):
     tx: optax.GradientTransformation,
     grads: PyTree,
     finite: jax.Array,
+    policy: str = "halt",
   ) -> "TrainState":
-    """One optimizer + EMA update; a non-finite step leaves all untouched.
+    """One optimizer + EMA update; a non-finite step is skipped and counted.
+
+    `policy` (train.nonfinite, docs/ALGORITHM.md §8): "halt" and "skip"
+    leave params, moments and EMAs untouched on a non-finite step (the
+    train loop stops after train.max_nonfinite of them under "halt");
+    "authors" does as the authors' training loop (LCT `ot`,
+    train_cm_latent.py): the optimizer step is skipped but every EMA still
+    moves toward the unchanged params, and the learning rate halves each
+    time more than 100 such steps have been counted since the last halving
+    (`authors_lr_scale`).
 
     The optimizer is passed in rather than stored: a stored transformation
     would make the pytree metadata (and so the jit cache key) differ per
@@ -50,23 +72,32 @@ class TrainState(flax.struct.PyTreeNode):
     more (0.47 s of a 3.7 s paper step on CPU, benchmark --mode=train),
     while the cond runs one branch and updates the donated buffers in place.
     """
+    authors = policy == "authors"
 
-    def update(state: "TrainState") -> "TrainState":
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      emas = tuple(
+    def step_emas(state: "TrainState", params: PyTree) -> tuple:
+      return tuple(
         jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
         for d, ema in zip(state.ema_decays, state.ema_params)
       )
+
+    def update(state: "TrainState") -> "TrainState":
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      if authors:  # RAdam's step (coupled L2 included) is linear in lr.
+        scale = authors_lr_scale(state.nonfinite)
+        updates = jax.tree.map(lambda u: u * scale.astype(u.dtype), updates)
+      params = optax.apply_updates(state.params, updates)
       return state.replace(
         step=state.step + 1,
         params=params,
-        ema_params=emas,
+        ema_params=step_emas(state, params),
         opt_state=opt_state,
       )
 
     def skip(state: "TrainState") -> "TrainState":
-      return state.replace(step=state.step + 1, nonfinite=state.nonfinite + 1)
+      state = state.replace(step=state.step + 1, nonfinite=state.nonfinite + 1)
+      if authors:
+        return state.replace(ema_params=step_emas(state, state.params))
+      return state
 
     return jax.lax.cond(finite, update, skip, self)
 

@@ -5,8 +5,8 @@ curriculum N(k) and scale c(N) from the traced step, the lognormal pair
 index, the online output at t and the stop-gradient teacher at r (the online
 params themselves, ALGORITHM.md §5), the robust CT loss, the masked diffusion
 loss, and the RAdam + EMA update. A non-finite loss or gradient skips the
-update and is counted (`state.nonfinite`); the loop halts after
-`train.max_nonfinite`.
+update and is counted (`state.nonfinite`); `train.nonfinite` says what else
+happens (the loop halts after `train.max_nonfinite`, or the authors' policy).
 
 The batch is sharded on the mesh axis "data" and the state is replicated;
 the compiler inserts the gradient all-reduce (no pmap, no pmean).
@@ -84,11 +84,17 @@ def paired_noise(
   noise = jax.random.normal(key, x0.shape, jnp.float32)
   if cfg.method == "none":
     return noise
+  group_size = cfg.get("group_size")
+  if group_size is None:  # A run from before coupling.group_size.
+    devices = 1 if mesh is None else mesh.shape["data"]
+    group_size = coupling.legacy_group_size(
+      cfg.get("scope", "global"), x0.shape[0], devices
+    )
   return coupling.pair(
     x0,
     noise,
     method=cfg.method,
-    scope=cfg.scope,
+    group_size=group_size,
     mesh=mesh,
     epsilon=cfg.epsilon,
     iterations=cfg.iterations,
@@ -112,7 +118,8 @@ def train_step(
     config: the full config (static).
     apply_fn: the network's `apply`.
     total_steps: K of the curriculum (static).
-    mesh: the device mesh; needed for `coupling.scope = shard`.
+    mesh: the device mesh (OT groups are paired on the devices that hold
+      them where they divide over the devices).
 
   Returns:
     The new state and a dict of scalar metrics (replicated).
@@ -137,13 +144,17 @@ def train_step(
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   tx = optim_lib.create_optimizer(config.optim)
-  new_state = state.apply_gradients(tx, grads, finite)
+  policy = config.train.get("nonfinite", "halt")
+  new_state = state.apply_gradients(tx, grads, finite, policy)
+  lr = jnp.asarray(config.optim.lr, jnp.float32)
+  if policy == "authors":
+    lr = lr * state_lib.authors_lr_scale(state.nonfinite)
   metrics.update(
     loss=loss,
     grad_norm=grad_norm,
     num_scales=num.astype(jnp.float32),
     c=c,
-    lr=jnp.asarray(config.optim.lr, jnp.float32),
+    lr=lr,
     nonfinite=new_state.nonfinite.astype(jnp.float32),
   )
   return new_state, metrics

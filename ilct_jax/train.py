@@ -263,7 +263,8 @@ class _Run:
 
   def _check_nonfinite(self, scalars: dict) -> None:
     limit = self.config.train.max_nonfinite
-    if scalars["nonfinite"] > limit:
+    policy = self.config.train.get("nonfinite", "halt")
+    if policy == "halt" and scalars["nonfinite"] > limit:
       raise FloatingPointError(
         f"{int(scalars['nonfinite'])} non-finite steps were skipped (limit "
         f"train.max_nonfinite={limit}); lower optim.lr or check the data; "

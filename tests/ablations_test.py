@@ -47,7 +47,7 @@ ABLATIONS = [
   ),
   ("OT off", ["--config.coupling.method=none"], None),
   ("OT sinkhorn", ["--config.coupling.method=sinkhorn"], None),
-  ("OT per-device shards", ["--config.coupling.scope=shard"], None),
+  ("OT groups of 2 (one per device)", ["--config.coupling.group_size=2"], None),
   (
     "iLCT baseline",
     [
@@ -78,11 +78,11 @@ def test_ablation_is_one_override_and_runs(overrides, check):
       assert str(got) == value
   # Keep 15 compiles cheap: the tiny one-level UNet with attention in its
   # blocks too, no EMA trees, and one device unless the case is about
-  # device shards (the 8-device step itself is covered by step_test.py).
+  # OT groups (the 8-device step itself is covered by step_test.py).
   config.unlock()
   config.model.attn_resolutions = (8,)
   config.ema.decays = ()
-  sharded = config.coupling.scope == "shard"
+  sharded = config.coupling.group_size > 0
   mesh = parallel.make_mesh(None if sharded else jax.devices()[:1])
   state = state_lib.create_train_state(config, mesh)
   fn = step_lib.compile_train_step(config, mesh, total_steps=6)

@@ -1,4 +1,4 @@
-"""Tests for ilct_jax.coupling: permutations, optimality, sharding scopes."""
+"""Tests for ilct_jax.coupling: permutations, optimality, OT groups."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,14 @@ _assign = jax.jit(
 )
 _pair = jax.jit(
   coupling.pair,
-  static_argnames=("method", "scope", "mesh", "axis", "epsilon", "iterations"),
+  static_argnames=(
+    "method",
+    "group_size",
+    "mesh",
+    "axis",
+    "epsilon",
+    "iterations",
+  ),
 )
 
 
@@ -168,29 +175,50 @@ def _crossing_batch(batch):
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
 @pytest.mark.parametrize("method", ["exact", "sinkhorn"])
-def test_mesh_scopes(method, axis_type):
-  batch, devices = 32, 8
-  per_shard = batch // devices
+def test_groups_pair_within_themselves(method, axis_type):
+  batch, devices, group = 32, 8, 4
   mesh = jax.make_mesh((devices,), ("data",), axis_types=(axis_type,))
   x, z = _crossing_batch(batch)
   sharding = NamedSharding(mesh, P("data"))
   xs, zs = jax.device_put(x, sharding), jax.device_put(z, sharding)
-
-  def run(scope, mesh_arg):
-    return _pair(xs, zs, method=method, scope=scope, mesh=mesh_arg)
-
-  # shard: every output row comes from the same shard of z.
-  src = _source_rows(run("shard", mesh), z)
-  np.testing.assert_array_equal(src // per_shard, np.arange(batch) // per_shard)
-  # global: the optimum undoes the roll, so pairs cross shards.
-  unsharded = _pair(x, z, method=method)
-  src = _source_rows(unsharded, z)
+  # Groups of 4: every output row comes from its own group of z.
+  grouped = _pair(xs, zs, method=method, group_size=group, mesh=mesh)
+  src = _source_rows(grouped, z)
+  np.testing.assert_array_equal(src // group, np.arange(batch) // group)
+  assert grouped.sharding.spec[0] == "data"
+  # One group (0): the optimum undoes the roll, so pairs cross groups.
+  whole = _pair(x, z, method=method)
+  src = _source_rows(whole, z)
   np.testing.assert_array_equal(src, (np.arange(batch) + 5) % batch)
-  assert (src // per_shard != np.arange(batch) // per_shard).any()
-  for mesh_arg in (mesh, None):
-    out = run("global", mesh_arg)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(unsharded))
-  assert run("global", mesh).sharding.spec[0] == "data"
+  for mesh_arg, arr in ((mesh, xs), (None, xs), (None, x)):
+    out = _pair(arr, zs if arr is xs else z, method=method, mesh=mesh_arg)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(whole))
+
+
+@pytest.mark.parametrize("method", ["exact", "sinkhorn"])
+@pytest.mark.parametrize("group", [0, 4, 8, 16])
+def test_pairing_does_not_depend_on_the_device_count(method, group):
+  """The same batch and group size pair identically on 1, 2, 4, 8 devices:
+  on each device for its own groups, or replicated where the groups do not
+  divide over the devices (e.g. 2 groups of 16 on 4 or 8 devices)."""
+  x, z = _gaussians(11, (32, 4, 4, 4))
+  outs = {}
+  for n in (1, 2, 4, 8):
+    mesh = jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+    sharding = NamedSharding(mesh, P("data"))
+    xs, zs = jax.device_put(x, sharding), jax.device_put(z, sharding)
+    out = _pair(xs, zs, method=method, group_size=group, mesh=mesh)
+    outs[n] = _source_rows(out, z)
+  size = group or 32
+  np.testing.assert_array_equal(outs[1] // size, np.arange(32) // size)
+  for n in (2, 4, 8):
+    np.testing.assert_array_equal(outs[n], outs[1], err_msg=f"{n} devices")
+  if method == "exact":  # Each group's pairing is its own optimum.
+    for g in range(32 // size):
+      rows = slice(g * size, (g + 1) * size)
+      cost = _cost64(x[rows], z[rows])
+      total = _total(cost, outs[1][rows] - g * size)
+      assert total == pytest.approx(_optimum(cost), rel=1e-9)
 
 
 def test_global_equals_unsharded_on_gaussians():
@@ -207,20 +235,19 @@ def test_global_equals_unsharded_on_gaussians():
 
 def test_bad_names_and_arguments_raise_clear_errors():
   with pytest.raises(ValueError) as err:
-    coupling.validate("foo", "global")
+    coupling.validate("foo")
   assert str(err.value) == (
     "coupling.method='foo' is unknown; choose one of exact, sinkhorn, none"
-  )
-  with pytest.raises(ValueError) as err:
-    coupling.validate("exact", "world")
-  assert str(err.value) == (
-    "coupling.scope='world' is unknown; choose one of global, shard, auto"
   )
   x, z = _gaussians(0, (16, 4))
   with pytest.raises(ValueError, match="method='hungarian' is unknown"):
     coupling.pair(x, z, method="hungarian")
-  with pytest.raises(ValueError, match="scope='shard' needs a mesh"):
-    coupling.pair(x, z, method="exact", scope="shard")
+  with pytest.raises(ValueError) as err:
+    coupling.pair(x, z, method="exact", group_size=6)
+  assert str(err.value) == (
+    "coupling.group_size=6 must divide the global batch 16; use a divisor "
+    "of it (0 pairs the whole batch as one group)"
+  )
   with pytest.raises(ValueError, match="same shape"):
     coupling.assignment(x, z[:8], method="exact")
   with pytest.raises(ValueError, match="epsilon=0.0 must be > 0"):
@@ -229,9 +256,9 @@ def test_bad_names_and_arguments_raise_clear_errors():
     coupling.assignment(x, z, method="sinkhorn", iterations=0)
   mesh = jax.make_mesh((8,), ("data",))
   with pytest.raises(ValueError, match="mesh has no axis 'batch'"):
-    coupling.pair(x, z, method="exact", scope="shard", mesh=mesh, axis="batch")
+    coupling.pair(x, z, method="exact", mesh=mesh, axis="batch")
   with pytest.raises(ValueError, match="batch 12 is not divisible by the 8"):
-    coupling.pair(x[:12], z[:12], method="exact", scope="shard", mesh=mesh)
+    coupling.pair(x[:12], z[:12], method="exact", mesh=mesh)
 
 
 def _numpy_greedy(score):
@@ -269,9 +296,13 @@ def test_benchmark_reports_figures():
   assert "exact_crouse_s" not in big and big["exact_s"] > 0
 
 
-def test_auto_scope_is_global_up_to_512_and_per_shard_above():
-  assert coupling.resolve_scope("auto", 128) == "global"
-  assert coupling.resolve_scope("auto", 512) == "global"
-  assert coupling.resolve_scope("auto", 1536) == "shard"
-  assert coupling.resolve_scope("global", 4096) == "global"
-  assert coupling.resolve_scope("shard", 16) == "shard"
+def test_runs_from_before_group_size_pair_as_they_were_trained():
+  """A config.json with coupling.scope: global = one group, shard = one per
+  device, auto = one group up to 512 examples and per device above."""
+  assert coupling.legacy_group_size("auto", 128, 8) == 0
+  assert coupling.legacy_group_size("auto", 512, 8) == 0
+  assert coupling.legacy_group_size("auto", 1536, 8) == 192
+  assert coupling.legacy_group_size("global", 4096, 8) == 0
+  assert coupling.legacy_group_size("shard", 16, 8) == 2
+  with pytest.raises(ValueError, match="coupling.scope='world' is unknown"):
+    coupling.legacy_group_size("world", 16, 8)

@@ -362,8 +362,8 @@ def test_experiments_list(sandbox):
   assert result.returncode == 0, result.stderr
   names = result.stdout.split()
   assert names[:4] == ["celeba", "lsun_church", "ffhq", "ilct_baseline"]
-  assert {"loss_huber", "norm_rms", "no_ot"} <= set(names)
-  assert len(names) == len(set(names)) == 15
+  assert {"loss_huber", "norm_rms", "no_ot", "lsun_nsln"} <= set(names)
+  assert len(names) == len(set(names)) == 18
   assert run("experiments.sh", [], env).stdout == result.stdout
   unknown = run("experiments.sh", ["nope"], env)
   assert unknown.returncode == 2 and "celeba" in unknown.stderr

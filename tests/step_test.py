@@ -235,3 +235,90 @@ def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
   )
   chex.assert_trees_all_equal(jax.device_get(skipped.params), before.params)
   assert int(skipped.step) == 1 and int(skipped.nonfinite) == 1
+
+
+def test_authors_nonfinite_policy_steps_emas_and_halves_lr(tiny_config):
+  """train.nonfinite=authors (LCT `ot` train_cm_latent.py): a skipped step
+  leaves params and moments but moves every EMA toward the unchanged
+  params; the update halves after 101, 202, ... skipped steps."""
+  c = tiny_config
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = state_lib.create_train_state(c, mesh)
+  rng = np.random.default_rng(1)
+  grads = jax.tree.map(
+    lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), state.params
+  )
+  emas = tuple(
+    jax.tree.map(lambda x, k=k: x + 0.1 * (k + 1), state.params)
+    for k in range(len(state.ema_decays))
+  )
+  state = state.replace(ema_params=emas)
+  before = jax.device_get(state)
+  tx = optim.create_optimizer(c.optim)
+  apply = jax.jit(
+    lambda s, g, ok: s.apply_gradients(tx, g, ok, "authors"),
+  )
+  skipped = apply(state, grads, jnp.bool_(False))
+  chex.assert_trees_all_equal(jax.device_get(skipped.params), before.params)
+  chex.assert_trees_all_equal(
+    jax.device_get(skipped.opt_state), before.opt_state
+  )
+  for d, old, got in zip(c.ema.decays, before.ema_params, skipped.ema_params):
+    want = jax.tree.map(
+      lambda e, p, d=d: d * e + (1 - d) * p, old, before.params
+    )
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+  assert int(skipped.nonfinite) == 1 and int(skipped.step) == 1
+
+  def delta(nonfinite):
+    s = state.replace(nonfinite=jnp.asarray(nonfinite, state.nonfinite.dtype))
+    new = jax.device_get(apply(s, grads, jnp.bool_(True)))
+    return jax.tree.map(lambda a, b: a - b, new.params, before.params)
+
+  full = delta(0)  # p + u - p: rounding of ~1e-8 on updates of ~1e-5.
+  chex.assert_trees_all_equal(delta(100), full)  # Not yet: > 100 halves.
+  for n, scale in ((101, 0.5), (201, 0.5), (202, 0.25)):
+    chex.assert_trees_all_close(
+      delta(n),
+      jax.tree.map(lambda u, s=scale: s * u, full),
+      rtol=1e-5,
+      atol=2e-8,
+    )
+  assert float(state_lib.authors_lr_scale(jnp.int32(303))) == 0.125
+
+
+def test_nonfinite_policies_in_the_loop(tiny_config):
+  """halt stops the run past train.max_nonfinite; skip and authors go on."""
+  from ilct_jax import config_checks
+
+  for policy in ("halt", "skip", "authors"):
+    c = tiny_config.copy_and_resolve_references()
+    c.train.nonfinite = policy
+    config_checks.check_names(c)
+  c.train.nonfinite = "ignore"
+  with pytest.raises(ValueError, match="train.nonfinite='ignore' is unknown"):
+    config_checks.check_names(c)
+
+
+@pytest.mark.parametrize("group", [0, 4])
+def test_pairing_and_first_loss_do_not_depend_on_devices(tiny_config, group):
+  """coupling.group_size fixes the OT groups of the global batch: the paired
+  noise is identical on 1, 2, 4 and 8 devices, and so is the first loss."""
+  c = tiny_config.copy_and_resolve_references()
+  c.coupling.group_size = group
+  batch = _batch(c)
+  key = jax.random.key(3)
+  noises, losses_ = {}, {}
+  for n in (1, 2, 4, 8):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    x = jax.device_put(batch, parallel.batch_sharding(mesh))
+    fn = jax.jit(
+      lambda k, x, mesh=mesh: step_lib.paired_noise(k, x, c.coupling, mesh)
+    )
+    noises[n] = np.asarray(fn(key, x))
+    _, m, _ = _run(c, jax.devices()[:n], batch=batch)
+    losses_[n] = float(m[0]["loss"])
+  for n in (2, 4, 8):
+    np.testing.assert_array_equal(noises[n], noises[1], err_msg=f"{n} dev")
+    assert losses_[n] == pytest.approx(losses_[1], rel=1e-5)
+  print("first-step loss on 1/2/4/8 devices:", losses_)
