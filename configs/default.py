@@ -123,6 +123,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.ckpt_every = 5000  # Steps between checkpoints (and at the end).
   train.keep = 3  # Most recent checkpoints kept.
   train.keep_every = 50_000  # Also keep every this many steps (0 = off).
+  # Also keep every checkpoint of the last this many epochs (0 = off): the
+  # paper picks the best of its last 100 (configs/recipe.py, --mode=sweep).
+  train.keep_last_epochs = 0
   # A step with a non-finite loss or gradient is skipped and counted; then
   # halt: EMAs frozen, the run stops after max_nonfinite of them (ours);
   # skip: the same, never stops; authors: EMAs still step, lr halves after

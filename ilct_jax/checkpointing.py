@@ -62,13 +62,46 @@ class CheckpointDamagedError(RuntimeError):
   """No checkpoint of the requested step(s) passes verification."""
 
 
+@dataclasses.dataclass
+class StepsFrom(cm.PreservationPolicy):
+  """Keeps every checkpoint at or after `first_step` (the selection window)."""
+
+  first_step: int
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [c.step >= self.first_step for c in checkpoints]
+
+
+def window_start(
+  train: ml_collections.ConfigDict, total_steps: int, num_examples: int
+) -> int | None:
+  """First step of the last `train.keep_last_epochs` epochs (None: off).
+
+  The paper picks its checkpoint among the last 100 epochs (docs/ALGORITHM.md
+  §13), so the paper configs keep every checkpoint from there on.
+  """
+  epochs = train.get("keep_last_epochs", 0)
+  if epochs <= 0:
+    return None
+  per_epoch = max(num_examples // train.batch_size, 1)
+  return max(total_steps - epochs * per_epoch, 0)
+
+
 def create_manager(
-  workdir: str, train: ml_collections.ConfigDict, *, read_only: bool = False
+  workdir: str,
+  train: ml_collections.ConfigDict,
+  *,
+  read_only: bool = False,
+  keep_from: int | None = None,
 ) -> ocp.CheckpointManager:
-  """The run's CheckpointManager (keep-N plus every `keep_every` steps)."""
+  """The run's CheckpointManager: keep-N, every `keep_every` steps, and
+  every checkpoint from `keep_from` on (`window_start`)."""
   keep = [cm.LatestN(max(train.keep, 1))]
   if train.keep_every > 0:
     keep.append(cm.EveryNSteps(train.keep_every))
+  if keep_from is not None:
+    keep.append(StepsFrom(keep_from))
   options = ocp.CheckpointManagerOptions(
     save_decision_policy=cm.FixedIntervalPolicy(max(train.ckpt_every, 1)),
     preservation_policy=cm.AnyPreservationPolicy(keep),

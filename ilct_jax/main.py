@@ -1,7 +1,8 @@
 """Entry point: `python -m ilct_jax.main --config=configs/X.py --workdir=DIR`.
 
 Intentionally short (flax examples style): flags, cluster start-up and the
-mode. `--mode=sample` and `--mode=eval` read the run's config.json when no
+mode. `--mode=sample`, `--mode=eval` and `--mode=sweep` (every kept checkpoint
+x EMA, ranked by FID: evaluation/sweep.py) read the run's config.json when no
 `--config` is given (`--config.x=y` overrides still apply). Exit codes: 0 done
 (also for a run that was already complete), 75 preempted after a checkpoint
 (run the same command again), 1 error.
@@ -19,9 +20,9 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from ilct_jax import checkpointing, cli, parallel, preemption, reporting, train
-from ilct_jax.evaluation import evaluate, generate
+from ilct_jax.evaluation import evaluate, generate, sweep
 
-MODES = ("train", "sample", "eval")
+MODES = ("train", "sample", "eval", "sweep")
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +53,8 @@ def main(argv):
       sys.exit(preemption.EXIT_PREEMPTED)
   elif FLAGS.mode == "sample":
     generate.run(config, workdir)
+  elif FLAGS.mode == "sweep":
+    sweep.run(config, workdir)
   else:
     evaluate.run(config, workdir)
 

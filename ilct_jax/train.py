@@ -176,7 +176,12 @@ def train_and_evaluate(
     evaluate.check_eval_config(config)
   meta = run_meta(config, pipeline.num_examples(config))
   steps = meta["total_steps"]
-  mngr = checkpointing.create_manager(workdir, config.train)
+  keep_from = checkpointing.window_start(
+    config.train, steps, meta["num_examples"]
+  )
+  mngr = checkpointing.create_manager(
+    workdir, config.train, keep_from=keep_from
+  )
   state = _resume(config, mesh, mngr, meta)
   start = 0 if state is None else int(jax.device_get(state.step))
   if start >= steps:

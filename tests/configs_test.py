@@ -58,7 +58,7 @@ VERIFIED_RUN = {
   "sample.ema_decay": 0.99993,
   "sample.grid_scales": 640,
   "sample.ts": (0, 420, 640),
-  "eval.num_samples": 50_000,
+  "eval.num_samples": 50_176,  # ceil(50000 / 256) * 256 files scored.
   "eval.seed": 42,
   "eval.protocol": "paper",
   "eval.inception_size": 299,
