@@ -34,8 +34,17 @@ not measured here (no accelerator was available when this config was written);
 `python -m ilct_jax.benchmark --config=configs/celeba.py` prints steps/s and
 the projected wall time on your hardware.
 
+Deliberate differences from that run (quandao10/LCT branch `ot` at 5e7d492:
+the script above, train_cm_latent.py, test_cm_latent_ddp.py), with their
+expected effect: a non-finite step freezes the EMAs and 100 of them stop the
+run (train.nonfinite=halt; theirs steps the EMAs and halves the lr:
+train.nonfinite=authors; no effect unless NaNs occur); checkpoints every
+5,000 steps (theirs every 25 epochs = 5,250 steps), every one of the last
+100 epochs kept for --mode=sweep (the window they picked from).
+
 Uncertain: the authors picked the best of epochs 1300-1400 and of several
-EMAs; the FID reference folder may hold 30k real images (ALGORITHM.md §15, §17).
+EMAs (--mode=sweep does the same); the FID reference folder most likely holds
+the 27k training images as JPEGs (docs/EVAL.md; ALGORITHM.md §15, §17).
 """
 
 import ml_collections

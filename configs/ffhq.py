@@ -23,7 +23,10 @@ Uncertain (ALGORITHM.md §13, §17): the `ot`-branch FFHQ script (2 GPUs, batch
 paper's stated batch 128 and 1.4K epochs with the CelebA recipe (OT over
 groups of 128, coupling.group_size). The `ot` script's run is one override
 away: --config.train.batch_size=256 (groups stay 128, as its 2 GPUs paired).
-Hardware:
+Deliberate differences from the `ot` run (LCT 5e7d492,
+scripts/old/train_lct_ot_newc_allnonscalinglayernorm_ffhq.sh): batch 128 as
+the paper states (theirs 256); the non-finite policy `halt` (theirs:
+train.nonfinite=authors; no effect unless NaNs occur). Hardware:
 not pinned down. Precision: float32 as the authors; bfloat16 on H100/H200
 and TPUs is an option, untested against the paper's FID. Wall time: not
 measured here.

@@ -16,6 +16,9 @@ Command:
   python -m ilct_jax.main --config=configs/ilct_baseline.py \
     --workdir=runs/ilct_baseline
 
+Deliberate differences from the authors' run, besides the uncertain ones
+below: the non-finite policy `halt` (train.nonfinite=authors follows theirs).
+
 Uncertain (ALGORITHM.md §17.5): the baseline run also used lr decay, a larger
 batch and 1.6K epochs ("large_batchsize_lr_decay_1k6_epoch"); the exact batch
 and decay schedule are not recorded, so this config keeps batch 128, a
