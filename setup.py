@@ -82,7 +82,11 @@ setuptools.setup(
     "Improved Training Technique for Latent Consistency Models (Dao et al.,"
     " ICLR 2025) in JAX/Flax."
   ),
-  packages=setuptools.find_packages(include=["ilct_jax", "ilct_jax.*"]),
+  # `configs` ships too: config files import their siblings
+  # (`from configs import default`) from any working directory.
+  packages=setuptools.find_packages(
+    include=["ilct_jax", "ilct_jax.*", "configs"]
+  ),
   package_data={"ilct_jax": ["data/*.npz", "data/*.txt"]},
   python_requires=">=3.11",
   install_requires=INSTALL_REQUIRES,

@@ -41,6 +41,7 @@ from absl import app, flags
 from ilct_jax import consistency, coupling, flops, kernels, parallel, sampling
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
+from ilct_jax.config_files import default_path, resolve_sys_argv
 from ilct_jax.evaluation import features, samples
 from ilct_jax.models import autoencoder, inception, unet
 from ilct_jax.models import vae as vae_lib
@@ -479,7 +480,7 @@ def define_flags() -> None:
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file(
-    "config", "configs/demo.py", "Config to benchmark.", lock_config=True
+    "config", default_path(), "Config.", lock_config=True
   )
   flags.DEFINE_enum("mode", "train", MODES, "What to time.")
   flags.DEFINE_integer("steps", 10, "Timed steps (after warm-up).")
@@ -495,4 +496,5 @@ def define_flags() -> None:
 if __name__ == "__main__":
   jax.config.update("jax_threefry_partitionable", True)
   define_flags()
+  resolve_sys_argv()
   app.run(main)

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from ilct_jax import checkpointing, parallel
+from ilct_jax import checkpointing, config_files, parallel
 
 # Programs that compile in less are not worth a disk entry (JAX's default).
 CACHE_MIN_COMPILE_SECONDS = 1.0
@@ -76,7 +76,10 @@ def config_of_run(
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """app.run(main), with a --config override typo reported in one line."""
+  """app.run(main), with `--config` resolved from any directory or by short
+  name (`ilct_jax.config_files`) and a --config override typo reported in
+  one line."""
+  config_files.resolve_sys_argv()
   try:
     app.run(main)
   except (AttributeError, KeyError, TypeError, ValueError) as e:

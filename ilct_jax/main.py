@@ -19,7 +19,15 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from ilct_jax import checkpointing, cli, parallel, preemption, reporting, train
+from ilct_jax import (
+  checkpointing,
+  cli,
+  config_files,
+  parallel,
+  preemption,
+  reporting,
+  train,
+)
 from ilct_jax.evaluation import evaluate, generate, sweep
 
 MODES = ("train", "sample", "eval", "sweep")
@@ -28,7 +36,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file(
-    "config", "configs/demo.py", "Config file.", lock_config=True
+    "config", config_files.default_path(), "Config file.", lock_config=True
   )
   flags.DEFINE_string("workdir", None, "Run directory (local or gs://).")
   flags.DEFINE_enum("mode", "train", MODES, "What to run.")

@@ -340,10 +340,11 @@ def define_flags() -> None:
   from absl import flags
   from ml_collections import config_flags
 
+  from ilct_jax import config_files
   from ilct_jax import parallel as parallel_lib
 
   config_flags.DEFINE_config_file(
-    "config", "configs/demo.py", "Config file.", lock_config=True
+    "config", config_files.default_path(), "Config file.", lock_config=True
   )
   flags.DEFINE_string(
     "topology", "v4-8", f"Cloud TPU slice: {', '.join(targets.TOPOLOGIES)}."

@@ -412,4 +412,7 @@ if __name__ == "__main__":
   flags.DEFINE_bool("overwrite", False, "Re-encode a finished directory.")
   parallel.define_cluster_flags()
   flags.mark_flags_as_required(["config"])
+  from ilct_jax import config_files
+
+  config_files.resolve_sys_argv()
   app.run(_main)

@@ -293,4 +293,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num", 0, "Use the first N examples (0: all).")
   parallel.define_cluster_flags()
   flags.mark_flags_as_required(["config", "stats_out"])
+  from ilct_jax import config_files
+
+  config_files.resolve_sys_argv()
   app.run(main)
