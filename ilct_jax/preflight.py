@@ -95,9 +95,10 @@ def roofline(
   Per chip: compute = XLA FLOPs / peak; memory = bytes accessed / HBM
   bandwidth; collectives = collective result bytes / ICI bandwidth (a loose
   bound: a ring all-reduce moves about twice its bytes). The step can be no
-  faster than the largest of the three. The projected wall time instead
-  takes the model FLOPs of the paper run (4 UNet forwards per example,
-  `flops.train_step_flops_per_example`) at `mfu` of the slice's peak.
+  faster than the largest of the three. The projected wall time takes the
+  model FLOPs of the paper run (4 UNet forwards per example,
+  `flops.train_step_flops_per_example`) at `mfu` of the slice's peak, or the
+  bound where that is longer (a memory-bound step cannot reach the MFU).
   """
   chip = chip_of(topology)
   topo = targets.topology(topology)
@@ -116,8 +117,8 @@ def roofline(
   memory = train["bytes_accessed"] / (chip.hbm_gbps * 1e9)
   network = train["collective_bytes"] / (chip.ici_gbps * 1e9)
   steps = run_steps(config)
-  step_s = step_flops / (chips * chip.peak_tflops * 1e12 * mfu)
   bound = max(t for t in (compute, memory, network) if t == t)
+  step_s = max(step_flops / (chips * chip.peak_tflops * 1e12 * mfu), bound)
   return {
     "compute_s": compute,
     "memory_s": memory,

@@ -86,8 +86,10 @@ def row(name: str, topology: str, dtype: str, log=print) -> dict:
 def markdown(rows: dict[tuple, dict]) -> str:
   head = (
     "| config | topology (chips, HBM) | dtype | fits at paper batch | "
-    "GiB per chip (args + temp) | largest batch | TFLOP per chip per step | "
-    "roofline ms per step | days at 40% MFU | compile s |"
+    "GiB per chip (args + temp) | largest batch found (GiB) | "
+    "TFLOP per chip per step | "
+    "roofline ms per step | days (40% MFU, or the roofline if longer) | "
+    "compile s (2-core host) |"
   )
   out = [head, "|" + "---|" * 10]
   for r in sorted(
@@ -97,9 +99,11 @@ def markdown(rows: dict[tuple, dict]) -> str:
       f"| {r['config']} | {r['topology']} ({r['chips']}, {r['hbm_gib']:g} "
       f"GiB) | {r['dtype']} | {'yes' if r['fits'] else 'NO'} at "
       f"{r['batch']} | {r['total_gib']:.2f} ({r['args_gib']:.2f} + "
-      f"{r['temp_gib']:.2f}) | {r['max_batch']} | "
+      f"{r['temp_gib']:.2f}) | {r['max_batch']} "
+      f"({r['compiled_batches'].get(str(r['max_batch']), float('nan')):.2f}) | "
       f"{r['tflop_per_chip']:.2f} | {r['bound_ms']:.1f} | "
-      f"{r['projected_days']:.2f} | {r['compile_s']:.0f} |"
+      f"{max(r['projected_days'], r['bound_ms'] * r['steps'] / 864e5):.2f}"
+      f" | {r['compile_s']:.0f} |"
     )
   return "\n".join(out)
 

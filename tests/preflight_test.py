@@ -233,7 +233,11 @@ def test_roofline_is_the_largest_of_three_bounds(tiny_config):
   step_s = (
     r["model_tflop_per_step"] * 1e12 / (4 * chip.peak_tflops * 1e12 * 0.5)
   )
-  assert r["projected_step_s"] == pytest.approx(step_s)
+  # The tiny step at 50% MFU is faster than its 10 ms bound: the bound wins.
+  assert step_s < r["bound_s"] and r["projected_step_s"] == r["bound_s"]
+  tiny = {"flops": 1.0, "bytes_accessed": 1.0, "collective_bytes": 1.0}
+  r = preflight.roofline(tiny_config, tiny, "v4-8", mfu=0.5)
+  assert r["projected_step_s"] == pytest.approx(step_s)  # MFU wins.
 
 
 # ------------------------------------------------------------ TPU programs
