@@ -1,0 +1,76 @@
+"""Opening a run needs no TensorFlow, tfds, ott or clu (issue: lean path).
+
+A subprocess blocks those packages (any import of them raises) and then
+imports the modules a notebook or `--mode=sample` uses, opens the tiny run
+with `checkpointing.load_run`, samples it with both samplers and runs
+`python -m ilct_jax.main --mode=sample` itself.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+BLOCKED = ("tensorflow", "tensorflow_datasets", "ott", "clu")
+
+_BLOCKER = textwrap.dedent(
+  f"""
+  import importlib.abc, importlib.machinery, sys
+  BLOCKED = {BLOCKED!r}
+  class Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+      raise ImportError(f"blocked for this test: {{spec.name}}")
+    def exec_module(self, module):
+      pass
+  class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] in BLOCKED:  # Found, but importing it fails.
+        return importlib.machinery.ModuleSpec(name, Refuse())
+      return None
+  sys.meta_path.insert(0, Blocker())
+  """
+)
+
+
+def _run(code: str, cwd: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "ILCT_HUGE_PAGES": "0"}
+  return subprocess.run(
+    [sys.executable, "-c", _BLOCKER + textwrap.dedent(code)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+
+
+def test_open_and_sample_a_run_without_tf_tfds_ott_clu(run_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  r = _run(
+    f"""
+    import sys
+    from ilct_jax import checkpointing, sampling, inspect
+    from ilct_jax.models import vae, autoencoder
+    from ilct_jax.evaluation import generate
+    opened = checkpointing.load_run({workdir!r}, what="ema")
+    out = generate.sample_images(opened.config, opened.params, 4)
+    assert set(out) == set(sampling.samplers(opened.config)), out.keys()
+    sys.argv = ["main", "--workdir={workdir}", "--mode=sample",
+                "--config.sample.num=4"]
+    from ilct_jax import main
+    main.define_flags()
+    try:
+      from absl import app
+      app.run(main.main)
+    except SystemExit as e:
+      assert not e.code, e.code
+    heavy = [m for m in sys.modules if m.split(".")[0] in {BLOCKED!r}]
+    print("OK", opened.step, heavy)
+    """,
+    str(tmp_path),
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "OK 6 []" in r.stdout
+  assert os.listdir(os.path.join(workdir, "samples"))
