@@ -32,6 +32,8 @@ INSTALL_REQUIRES = [
 ]
 
 GCS = ["gcsfs>=2024.2"]
+# `convert_vae --hub_id`: downloads from the Hugging Face hub.
+HUB = ["huggingface_hub>=0.24"]
 NOTEBOOK = ["matplotlib>=3.8"]
 
 EXTRAS = {
@@ -56,6 +58,8 @@ EXTRAS = {
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # convert_vae --hub_id against a local hub-shaped server.
+    *HUB,
     # The suite runs on both cores (pytest -n 2, pyproject.toml).
     "pytest-xdist>=3.5",
   ],
@@ -64,6 +68,7 @@ EXTRAS = {
   # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU
   # machines without TensorFlow's GCS filesystem.
   "gcs": GCS,
+  "hub": HUB,
   "tpu": ["jax[tpu]>=0.10,<0.11"],
   # `python -m ilct_jax.preflight`: compiles for TPU slices on any machine
   # (libtpu, ~700 MB; the version jax 0.10.2's own [tpu] extra pins).

@@ -338,12 +338,29 @@ def convert(
 
 
 def _download(hub_id: str) -> str:
-  """Fetches config.json + weights of a hub model (explicit option only)."""
-  import huggingface_hub  # Lazy: only this option needs it.
+  """Fetches config.json + weights of a hub model (explicit option only).
 
-  return huggingface_hub.snapshot_download(
-    hub_id, allow_patterns=["config.json", WEIGHTS_FILE]
-  )
+  HF_ENDPOINT picks the hub (a mirror, or the test's local server); a
+  failure is one line naming the repository.
+  """
+  try:
+    import huggingface_hub  # Lazy: only this option needs it.
+  except ImportError:
+    raise SystemExit(
+      "error: --hub_id needs huggingface_hub: pip install 'ilct_jax[hub]' "
+      "(or download the model yourself and pass --src=DIR)"
+    ) from None
+  try:
+    return huggingface_hub.snapshot_download(
+      hub_id, allow_patterns=["config.json", WEIGHTS_FILE]
+    )
+  except Exception as e:  # noqa: BLE001 (any hub error: one line)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    raise SystemExit(
+      f"error: could not download {hub_id} from the hub "
+      f"({type(e).__name__}: {first}); check the name and your network, "
+      "or pass --src=DIR"
+    ) from None
 
 
 def main(argv):
