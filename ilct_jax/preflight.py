@@ -151,6 +151,7 @@ def batch_search(
   num_slices: int = 1,
   known: dict[int, float] | None = None,
   log=print,
+  resolution: float = 0.0,
 ) -> tuple[int, dict[int, float]]:
   """Largest global train batch whose step fits in HBM, and what was compiled.
 
@@ -159,11 +160,14 @@ def batch_search(
   line's crossing of the capacity is compiled next, and when it fits (nothing
   measured above it failed) it is the answer. Otherwise the search
   alternates the line through the bracketing points with bisection until
-  the bracket is one granule wide. Batches stay multiples of `granule`.
+  the bracket is one granule wide (or `resolution` of the answer: each
+  paper-size compile takes minutes). Batches stay multiples of `granule`.
 
   Args:
     known: {global batch: total bytes per chip} already measured (reused).
     log: where each compile's line goes.
+    resolution: stop once the smallest failing batch is within this
+      fraction above the largest fitting one (0: exact to a granule).
 
   Returns:
     (largest fitting batch or 0, {batch: total bytes per chip}).
@@ -201,7 +205,7 @@ def batch_search(
       guess = crossing(*sorted(seen)[-2:])
       nxt = min(guess, 1 << 20) if guess and guess > lo else 2 * lo
       guessed = guess is not None
-    elif hi - lo <= g:
+    elif hi - lo <= max(g, resolution * lo):
       break
     else:
       pair = (lo, hi) if lo else sorted(seen)[:2]

@@ -31,6 +31,9 @@ from ilct_jax import analysis, preflight, target_programs
 CONFIGS = ("celeba", "lsun_church", "ffhq", "ilct_baseline")
 TOPOLOGIES = ("v4-8", "v4-32", "v5e-8", "v5p-8", "v6e-8")
 DTYPES = ("float32", "bfloat16")
+# The largest batch to within 1/16: each compile of a paper step takes
+# minutes, and bf16 memory is so flat that the line's first guess is far.
+RESOLUTION = 1 / 16
 _ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -55,7 +58,9 @@ def row(name: str, topology: str, dtype: str, log=print) -> dict:
     f"{f['total'] / preflight.GIB:.2f} GiB ({f['compile_s']:.0f} s)"
   )
   known = {config.train.batch_size: f["total"]}
-  best, seen = preflight.batch_search(config, topology, 1, known, log=log)
+  best, seen = preflight.batch_search(
+    config, topology, 1, known, log=log, resolution=RESOLUTION
+  )
   r = preflight.roofline(config, f, topology)
   chip = preflight.chip_of(topology)
   return {

@@ -382,3 +382,27 @@ def test_tiny_compiles_for_eight_h100s_without_a_gpu(tiny_config, optimized):
   assert f["args"] == logical + 2 * 8 * 8 * 4
   assert 0 < f["temp"] < 64 * 2**20 and f["all-reduce_count"] >= 1
   assert preflight.verdict({"train": f}, "h100-8") is None
+
+
+def test_batch_search_stops_at_the_resolution(monkeypatch, tiny_config):
+  """With resolution 1/16 the answer is within 1/16 of the true largest
+  batch and takes fewer compiles than the exact search (memory that jumps
+  past 1024 makes the line's guesses creep up on the answer)."""
+  gib = preflight.GIB
+  cap = targets.CHIPS["v5e"].hbm_gib * gib
+  total = lambda b: 3 * gib + 0.011 * gib * b + (4 * gib if b > 1024 else 0)
+  counts = {}
+  for res in (0.0, 1 / 16):
+    calls = []
+
+    def fake(c, *a, calls=calls):
+      calls.append(c.train.batch_size)
+      return {"train": {"total": total(c.train.batch_size), "compile_s": 0}}
+
+    monkeypatch.setattr(preflight, "measure", fake)
+    best, _ = preflight.batch_search(
+      tiny_config, "v5e-8", log=lambda s: None, resolution=res
+    )
+    assert total(best) <= cap and best >= 1024 * (1 - res), (res, best)
+    counts[res] = len(calls)
+  assert counts[1 / 16] < counts[0.0], counts
