@@ -323,3 +323,37 @@ def test_config_json_round_trip_keeps_the_run_with_overrides(tmp_path):
   assert checkpointing.config_json(back) == checkpointing.config_json(config)
   a, b = state_lib.abstract_state(back), state_lib.abstract_state(config)
   assert jax.tree.structure(a) == jax.tree.structure(b)
+
+
+def test_a_run_from_an_earlier_version_opens_and_samples(run_dir, tmp_path):
+  """A config.json without fields added since (sample.grid_scales,
+  model.dtype, model.kernels, train.nonfinite, coupling.group_size, with
+  the old coupling.scope) opens with today's defaults, and --mode=sample
+  runs on it."""
+  import json
+  import shutil
+
+  from ilct_jax.evaluation import generate
+
+  workdir = str(tmp_path / "old_run")
+  shutil.copytree(run_dir, workdir)
+  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  saved = json.load(open(path))
+  for group, field in (
+    ("sample", "grid_scales"),
+    ("model", "dtype"),
+    ("model", "kernels"),
+    ("train", "nonfinite"),
+    ("coupling", "group_size"),
+  ):
+    del saved[group][field]
+  saved["coupling"]["scope"] = "auto"
+  json.dump(saved, open(path, "w"))
+  config = checkpointing.read_config(workdir)
+  assert config.sample.grid_scales == 640 and config.model.dtype == "float32"
+  assert config.model.kernels.conv == "auto"
+  assert "group_size" not in config.coupling  # The step reads the scope.
+  assert config.coupling.scope == "auto"
+  assert config.train.batch_size == saved["train"]["batch_size"]
+  written = generate.run(config, workdir)
+  assert written and all(os.path.exists(p) for p in written.values())
