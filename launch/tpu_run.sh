@@ -9,17 +9,35 @@
 #   ACTION=status NAME=ilct ZONE=us-central2-b RUN=celeba bash launch/tpu_run.sh
 #   ACTION=stop   NAME=ilct ZONE=us-central2-b RUN=celeba bash launch/tpu_run.sh
 #
-# OVERRIDE arguments go to `python -m ilct_jax.main` unchanged, one argument
-# each, e.g. '--config.ema.decays=(0.999,0.9999)' '--config.ct.loss=huber'.
+# OVERRIDE arguments go to the job's program unchanged, one argument each,
+# e.g. '--config.ema.decays=(0.999,0.9999)' '--config.ct.loss=huber'.
+#
+# JOB picks the program (default train):
+#   train | sample | eval | sweep   python -m ilct_jax.main --mode=JOB on every
+#                                   worker; sample, eval and sweep read the
+#                                   run's config.json when CONFIG is unset
+#   encode                          python -m ilct_jax.data.encode (CONFIG)
+#   features                        python -m ilct_jax.evaluation.features,
+#                                   worker 0 only (one process)
+#   preflight                       python -m ilct_jax.preflight (CONFIG),
+#                                   worker 0 only
+# When WORKDIR is on gs:// and no --compile_cache is given, the compile cache
+# is WORKDIR/compile_cache (shared by the workers and by restarts). When the
+# job ends, each worker copies its log to WORKDIR/logs/RUN.HOSTNAME.log.
 #
 # Environment:
 #   NAME, ZONE   the TPU (required); PROJECT: gcloud project (optional)
 #   ACTION       run (default) | logs | status | stop
-#   CONFIG       config file, relative to the repository (required for run)
-#   WORKDIR      run directory (required for run). On a multi-host slice it
-#                must be shared by all workers: use gs://BUCKET/...
+#   JOB          train (default) | sample | eval | sweep | encode | features
+#                | preflight (above)
+#   CONFIG       config file, relative to the repository, or a short name
+#                (required for train, encode and preflight)
+#   WORKDIR      run directory (required for train, sample, eval, sweep). On
+#                a multi-host slice it must be shared by all workers: use
+#                gs://BUCKET/...
 #   RUN          name of the run's log and pid files (default: the last part
-#                of WORKDIR; logs/status/stop need RUN or WORKDIR)
+#                of WORKDIR, plus -JOB for jobs other than train, or JOB
+#                without a WORKDIR; logs/status/stop need RUN or WORKDIR)
 #   WORKER       worker whose log ACTION=logs follows (default 0)
 #   ILCT_PRINT_REMOTE=1  print the command the workers would run, and exit
 #
@@ -37,6 +55,7 @@ set -euo pipefail
 
 ACTION="${ACTION:-run}"
 WORKER="${WORKER:-0}"
+JOB="${JOB:-train}"
 
 die() {
   echo "tpu_run.sh: $*" >&2
@@ -49,6 +68,9 @@ set_run_name() {
   if [[ -z "$RUN_NAME" && -n "${WORKDIR:-}" ]]; then
     RUN_NAME="${WORKDIR%/}"
     RUN_NAME="${RUN_NAME##*/}"
+    if [[ "$JOB" != train ]]; then  # Beside the training's own log.
+      RUN_NAME="$RUN_NAME-$JOB"
+    fi
   fi
   [[ -n "$RUN_NAME" ]] || die "set RUN (or WORKDIR)"
   [[ "$RUN_NAME" =~ ^[A-Za-z0-9._-]+$ ]] ||
@@ -79,9 +101,31 @@ EOF
 # handler, not SIG_IGN, so python still gets the default) to outlive python.
 remote_run_command() {
   remote_prelude
+  local -a cmd
+  case "$JOB" in
+    train | sample | eval | sweep)
+      cmd=(python -m ilct_jax.main --distributed)
+      if [[ "$JOB" != train ]]; then
+        cmd+=("--mode=$JOB")
+      fi
+      ;;
+    encode) cmd=(python -m ilct_jax.data.encode --distributed) ;;
+    features) cmd=(python -m ilct_jax.evaluation.features) ;;
+    preflight) cmd=(python -m ilct_jax.preflight) ;;
+  esac
+  if [[ -n "${CONFIG:-}" ]]; then
+    cmd+=("--config=$CONFIG")
+  fi
+  if [[ -n "${WORKDIR:-}" && "$JOB" != features && "$JOB" != preflight ]]; then
+    cmd+=("--workdir=$WORKDIR")
+  fi
+  if [[ "${WORKDIR:-}" == gs://* && "$JOB" != features ]] &&
+    ! printf '%s\n' "$@" | grep -q '^--compile_cache'; then
+    cmd+=("--compile_cache=${WORKDIR%/}/compile_cache")
+  fi
+  printf 'dest=%q\n' "${WORKDIR:+${WORKDIR%/}/logs}"
   printf 'cmd=('
-  printf ' %q' python -m ilct_jax.main --distributed \
-    "--config=$CONFIG" "--workdir=$WORKDIR" "$@"
+  printf ' %q' "${cmd[@]}" "$@"
   printf ' )\n'
   cat <<'EOF'
 mkdir -p "$logs"
@@ -93,14 +137,21 @@ cd "$HOME/ilct_jax"
 set +u
 . "$HOME/venv/bin/activate"
 set -u
-job='echo "$$" > "$1"; shift
+job='echo "$$" > "$1"; log="$2"; dest="$3"; shift 3
 trap : TERM
 "$@"
 rc=$?
 echo "[tpu_run] $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname) exit code $rc"
+if [ -n "$dest" ]; then  # This worker log, beside the run.
+  to="$dest/$(basename "$log" .log).$(hostname).log"
+  case "$dest" in
+    gs://*) gcloud storage cp -q "$log" "$to" ;;
+    *) mkdir -p "$dest" && cp "$log" "$to" ;;
+  esac || echo "[tpu_run] could not copy the log to $to"
+fi
 exit "$rc"'
 echo "[tpu_run] $(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname) start:$(printf ' %q' "${cmd[@]}")" >> "$log"
-nohup setsid bash -c "$job" tpu_run "$pidf" "${cmd[@]}" >> "$log" 2>&1 < /dev/null &
+nohup setsid bash -c "$job" tpu_run "$pidf" "$log" "$dest" "${cmd[@]}" >> "$log" 2>&1 < /dev/null &
 echo "$(hostname): started $run, log $log"
 EOF
 }
@@ -147,12 +198,26 @@ ssh_workers() {
 main() {
   : "${NAME:?set NAME}" "${ZONE:?set ZONE}"
   if [[ "$ACTION" == run ]]; then
-    : "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
+    case "$JOB" in
+      train) : "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}" ;;
+      sample | eval | sweep) : "${WORKDIR:?set WORKDIR}" ;;
+      encode | preflight) : "${CONFIG:?set CONFIG}" ;;
+      features) ;;
+      *) die "JOB=$JOB: use train, sample, eval, sweep, encode, features or preflight" ;;
+    esac
+  fi
+  if [[ -z "${RUN:-}" && -z "${WORKDIR:-}" && "$ACTION" == run ]]; then
+    RUN="$JOB"
   fi
   set_run_name
   local cmd workers=all
   case "$ACTION" in
-    run) cmd="$(remote_run_command "$@")" ;;
+    run)
+      cmd="$(remote_run_command "$@")"
+      if [[ "$JOB" == features || "$JOB" == preflight ]]; then
+        workers=0
+      fi
+      ;;
     logs)
       cmd="$(remote_logs_command)"
       workers="$WORKER"
@@ -168,7 +233,7 @@ main() {
     printf '%s\n' "$cmd"
     return
   fi
-  if [[ "$ACTION" == run && "$WORKDIR" != gs://* ]]; then
+  if [[ "$ACTION" == run && -n "${WORKDIR:-}" && "$WORKDIR" != gs://* ]]; then
     echo "tpu_run.sh: warning: WORKDIR=$WORKDIR is not gs://; on a" \
       "multi-host slice every worker must see the same workdir" >&2
   fi

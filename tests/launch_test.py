@@ -218,11 +218,65 @@ def test_tpu_run_overrides_reach_every_worker_intact(sandbox, worker_home):
     "--distributed",
     "--config=configs/tiny.py",
     f"--workdir={workdir}",
+    f"--compile_cache={workdir}/compile_cache",  # gs://: shared by default.
     *TRICKY,
   ]
   seen = recorded_env(tmp / "out", "python")
   assert seen["PWD"] == str(worker_home / "ilct_jax")
   assert seen["FAKE_VENV"] == "1"
+  # The worker's log is copied beside the run when the job ends.
+  host = subprocess.run(["hostname"], capture_output=True, text=True)
+  wait_for(lambda: len(calls(tmp / "out", "gcloud")) == 2)
+  copy = calls(tmp / "out", "gcloud")[-1]
+  assert copy == [
+    "storage",
+    "cp",
+    "-q",
+    str(log),
+    f"{workdir}/logs/tiny.{host.stdout.strip()}.log",
+  ]
+
+
+@pytest.mark.parametrize("job", ["sample", "eval", "sweep"])
+def test_tpu_run_other_jobs_read_the_runs_config(sandbox, worker_home, job):
+  """sample/eval/sweep need no CONFIG (config.json), log beside the
+  training's own, and copy their log into a local WORKDIR/logs."""
+  tmp, env = sandbox
+  workdir = tmp / "runs" / "tiny"
+  _, call, command = _tpu_remote(
+    sandbox, JOB=job, WORKDIR=str(workdir), args=["--config.sample.num=4"]
+  )
+  assert "--worker=all" in call and f"run=tiny-{job}\n" in command
+  assert _on_worker(sandbox, command).returncode == 0
+  log = worker_home / "ilct_logs" / f"tiny-{job}.log"
+  wait_for(lambda: log.exists() and "exit code 0" in log.read_text())
+  (argv,) = calls(tmp / "out", "python")
+  assert argv == [
+    "-m",
+    "ilct_jax.main",
+    "--distributed",
+    f"--mode={job}",
+    f"--workdir={workdir}",
+    "--config.sample.num=4",
+  ]
+  wait_for(lambda: any((workdir / "logs").glob(f"tiny-{job}.*.log")))
+
+
+@pytest.mark.parametrize(
+  "job, module, worker",
+  [
+    ("encode", "ilct_jax.data.encode", "all"),
+    ("features", "ilct_jax.evaluation.features", "0"),
+    ("preflight", "ilct_jax.preflight", "0"),
+  ],
+)
+def test_tpu_run_runs_every_entry_point(sandbox, job, module, worker):
+  _, call, command = _tpu_remote(
+    sandbox, JOB=job, CONFIG="celeba", args=["--x=1"]
+  )
+  assert f"--worker={worker}" in call and f"run={job}\n" in command
+  assert f"-m {module} " in command and "--x=1" in command
+  assert ("--distributed" in command) == (job == "encode")
 
 
 def test_tpu_run_detached_status_and_stop(sandbox, worker_home):
@@ -261,6 +315,8 @@ def test_tpu_run_detached_status_and_stop(sandbox, worker_home):
     ({"ACTION": "stop", "RUN": "a b"}, "RUN='a b'"),
     ({"ACTION": "run", "CONFIG": "c.py"}, "set WORKDIR"),
     ({"ACTION": "halt", "RUN": "r"}, "ACTION=halt"),
+    ({"JOB": "fit", "CONFIG": "c.py", "WORKDIR": "w"}, "JOB=fit"),
+    ({"JOB": "sample"}, "set WORKDIR"),
     ({"ACTION": "status", "RUN": "r", "X": "--config.x=1"}, "no arguments"),
   ],
 )
@@ -420,7 +476,10 @@ def test_experiments_through_tpu_run(sandbox):
   assert call[:5] == ["compute", "tpus", "tpu-vm", "ssh", "tpu1"]
   command = call[-1]
   assert "run=c_3\n" in command
-  assert "--workdir=gs://b/runs/c_3 --config.ct.c_schedule=constant" in command
+  assert (
+    "--workdir=gs://b/runs/c_3 --compile_cache=gs://b/runs/c_3/compile_cache"
+    " --config.ct.c_schedule=constant"
+  ) in command
   assert "--config.ema.decays=\\(0.999\\,0.9999\\) )" in command
 
 
@@ -501,3 +560,35 @@ def test_gpu_slurm_batch_shell_outlives_sigterm(sandbox):
     proc.kill()
   assert proc.returncode == 75, out
   assert "SIGTERM: waiting" in out and "exit code 75" in out
+
+
+def test_gpu_slurm_sample_job_reads_the_run_and_keeps_its_logs(sandbox):
+  """JOB=sample needs no CONFIG; the per-task logs land in WORKDIR/logs."""
+  tmp, env = sandbox
+  workdir, logdir = tmp / "run", tmp / "task_logs"
+  logdir.mkdir()
+  (logdir / "ilct_jax-4242-0.out").write_text("task 0\n")
+  slurm = {k: v for k, v in _slurm_env(env).items() if k != "CONFIG"}
+  result = run(
+    "gpu_slurm.sbatch",
+    ["--config.sample.num=4"],
+    slurm,
+    cwd=tmp,
+    JOB="sample",
+    WORKDIR=str(workdir),
+    LOGDIR=str(logdir),
+  )
+  assert result.returncode == 0, result.stderr
+  (srun,) = calls(tmp / "out", "srun")
+  assert srun[2:] == [
+    "python",
+    "-m",
+    "ilct_jax.main",
+    "--distributed",
+    "--mode=sample",
+    f"--workdir={workdir}",
+    "--config.sample.num=4",
+  ]
+  assert (workdir / "logs" / "ilct_jax-4242-0.out").read_text() == "task 0\n"
+  bad = run("gpu_slurm.sbatch", [], slurm, cwd=tmp, JOB="fit")
+  assert bad.returncode == 2 and "JOB=fit" in bad.stderr
