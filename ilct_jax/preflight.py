@@ -152,6 +152,7 @@ def batch_search(
   known: dict[int, float] | None = None,
   log=print,
   resolution: float = 0.0,
+  record=None,
 ) -> tuple[int, dict[int, float]]:
   """Largest global train batch whose step fits in HBM, and what was compiled.
 
@@ -168,6 +169,8 @@ def batch_search(
     log: where each compile's line goes.
     resolution: stop once the smallest failing batch is within this
       fraction above the largest fitting one (0: exact to a granule).
+    record: called as record(batch, figures) after each compile (to keep
+      them: scaling_table resumes from them).
 
   Returns:
     (largest fitting batch or 0, {batch: total bytes per chip}).
@@ -182,6 +185,8 @@ def batch_search(
     c.train.batch_size = batch
     f = measure(c, topology, num_slices, ("train",))["train"]
     seen[batch], ok[batch] = f["total"], fits(f, topology)
+    if record is not None:
+      record(batch, f)
     log(
       f"  batch {batch}: {f['total'] / GIB:.2f} GiB per chip "
       f"({f['compile_s']:.0f} s compile)"

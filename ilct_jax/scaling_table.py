@@ -5,12 +5,14 @@
 
 For each (config, topology, dtype) it compiles the train step at the paper
 batch and finds the largest batch that fits (`preflight.batch_search`: two
-compiles and a line, confirmed by one more), with `ilct_jax.preflight`'s
-functions. Each finished row is appended to the results file at once
-(one JSON line), and a row already there is not compiled again, so the
-command resumes where it was stopped; with the compile cache on, a stopped
-compile is the only work lost. The markdown table is printed from the file.
-A paper-size compile takes about 6 minutes on 2 cores.
+compiles and a line, confirmed by one more; to within 1/16 where the line
+misleads), with `ilct_jax.preflight`'s functions. Each finished row is
+appended to the results file at once (one JSON line), and every compile's
+figures to `<results>.compiles.jsonl` as soon as it is measured, so the
+command resumes where it was stopped: only the compile that was running is
+lost (the persistent compile cache cannot hold compile-only TPU programs).
+A paper-size compile takes 4 to 18 minutes on 2 cores and 10 to 15 GB of
+memory: run one at a time on a 24 GB machine.
 """
 
 import sys
@@ -48,18 +50,53 @@ def read(path: str) -> dict[tuple, dict]:
   return rows
 
 
-def row(name: str, topology: str, dtype: str, log=print) -> dict:
-  """One table row: the train step at the paper batch and the largest batch."""
+def compiles(path: str, key: tuple) -> dict[int, dict]:
+  """{batch: figures} of the compiles already done for one row (the
+  sidecar file `<results>.compiles.jsonl`), so a stopped row resumes."""
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        r = json.loads(line) if line.strip() else None
+        if r and tuple(r["key"]) == key:
+          out[int(r["batch"])] = r["figures"]
+  return out
+
+
+def row(
+  name: str, topology: str, dtype: str, log=print, sidecar: str = ""
+) -> dict:
+  """One table row: the train step at the paper batch and the largest batch.
+
+  Each compile's figures are appended to `sidecar` as measured and read back
+  on a restart (only the compile that was stopped is lost).
+  """
   config = analysis.load_config_file(str(_ROOT / f"{name}.py"))
   config.model.dtype = dtype
-  f = target_programs.measure(config, topology, 1, ("train",))["train"]
+  key, done = (name, topology, dtype), {}
+  if sidecar:
+    done = compiles(sidecar, key)
+
+  def keep(batch: int, figures: dict) -> None:
+    done[batch] = figures
+    if sidecar:
+      with open(sidecar, "a") as out:
+        out.write(json.dumps(dict(key=key, batch=batch, figures=figures)))
+        out.write("\n")
+
+  paper = config.train.batch_size
+  if "flops" not in done.get(paper, {}):
+    keep(
+      paper, target_programs.measure(config, topology, 1, ("train",))["train"]
+    )
+  f = done[paper]
   log(
-    f"  {name} {topology} {dtype}: batch {config.train.batch_size}: "
-    f"{f['total'] / preflight.GIB:.2f} GiB ({f['compile_s']:.0f} s)"
+    f"  {name} {topology} {dtype}: batch {paper}: "
+    f"{f['total'] / preflight.GIB:.2f} GiB ({f.get('compile_s', 0):.0f} s)"
   )
-  known = {config.train.batch_size: f["total"]}
+  known = {b: d["total"] for b, d in done.items()}
   best, seen = preflight.batch_search(
-    config, topology, 1, known, log=log, resolution=RESOLUTION
+    config, topology, 1, known, log=log, resolution=RESOLUTION, record=keep
   )
   r = preflight.roofline(config, f, topology)
   chip = preflight.chip_of(topology)
@@ -129,7 +166,13 @@ def _main(argv: list[str]) -> None:
         if (name, topo, dtype) in rows:
           continue
         print(f"# {name} {topo} {dtype}", flush=True)
-        r = row(name, topo, dtype, log=lambda s: print(s, flush=True))
+        r = row(
+          name,
+          topo,
+          dtype,
+          log=lambda s: print(s, flush=True),
+          sidecar=f.results.removesuffix(".jsonl") + ".compiles.jsonl",
+        )
         rows[(name, topo, dtype)] = r
         with open(f.results, "a") as out:
           out.write(json.dumps(r) + "\n")

@@ -406,3 +406,43 @@ def test_batch_search_stops_at_the_resolution(monkeypatch, tiny_config):
     assert total(best) <= cap and best >= 1024 * (1 - res), (res, best)
     counts[res] = len(calls)
   assert counts[1 / 16] < counts[0.0], counts
+
+
+def test_scaling_row_resumes_from_its_compiles(monkeypatch, tmp_path):
+  """A row stopped after two compiles resumes without redoing them."""
+  from ilct_jax import scaling_table
+
+  gib = preflight.GIB
+  calls, stop_after = [], [2]
+
+  def fake(config, topology, num_slices, programs):
+    if len(calls) == stop_after[0]:
+      raise KeyboardInterrupt
+    b = config.train.batch_size
+    calls.append(b)
+    return {
+      "train": {
+        "total": 4 * gib + 0.004 * gib * b,
+        "args": 4.0 * gib,
+        "temp": 0.004 * gib * b,
+        "flops": 1e12,
+        "bytes_accessed": 1e10,
+        "collective_bytes": 1e8,
+        "compile_s": 1.0,
+      }
+    }
+
+  monkeypatch.setattr(target_programs, "measure", fake)
+  monkeypatch.setattr(preflight, "measure", fake)
+  sidecar = str(tmp_path / "rows.compiles.jsonl")
+  with pytest.raises(KeyboardInterrupt):
+    scaling_table.row("celeba", "v5e-8", "float32", lambda s: None, sidecar)
+  assert calls == [128, 64]
+  stop_after[0] = 99
+  r = scaling_table.row("celeba", "v5e-8", "float32", lambda s: None, sidecar)
+  assert calls[2:] and 128 not in calls[2:] and 64 not in calls[2:]
+  total = lambda b: 4 * gib + 0.004 * gib * b
+  exact = max(b for b in range(8, 4000, 8) if total(b) <= 16 * gib)
+  assert exact * (1 - scaling_table.RESOLUTION) <= r["max_batch"] <= exact
+  assert set(scaling_table.compiles(sidecar, ("celeba", "v5e-8", "float32")))
+  assert r["tflop_per_chip"] == 1.0 and r["fits"]
