@@ -1,17 +1,20 @@
 """What a training run reports: TensorBoard, the console, progress and ETA.
 
 Process 0 writes TensorBoard event files into the workdir (clu's
-SummaryWriter: TensorFlow, imported lazily) and every process logs to the
-console. Per log step: the step's scalars averaged over the window, one
-`steps_per_sec` series and `images_per_sec`, and histograms of the per-sample
-TD residual RMS by noise level (the per-sample values come out of the jitted
-step). Once: the config as hparams (a readable multi-line block on the
-console, not one long line), a parameter overview, the step's compile time
-and memory. Progress and ETA count training time only: sample grids,
-checkpoints and FID run inside `Progress.timed` and are excluded from the
-rate, as they are from the remaining work.
+SummaryWriter: TensorFlow, imported lazily) and the console; every other
+process logs scalars to the console through `ConsoleWriter` and reports no
+progress, so it never imports clu's writers or TensorFlow. Per log step: the
+step's scalars averaged over the window, one `steps_per_sec` series and
+`images_per_sec`, and histograms of the per-sample TD residual RMS by noise
+level (the per-sample values come out of the jitted step). Once: the config as
+hparams (a readable multi-line block on the console, not one long line), a
+parameter overview, the step's compile time and memory. Progress and ETA count
+training time only: sample grids, checkpoints and FID run inside
+`Progress.timed` and are excluded from the rate, as they are from the
+remaining work.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -56,17 +59,17 @@ class Writers:
   """
 
   def __init__(self, logdir: str):
+    self.summary = None
+    if jax.process_index() != 0:  # No TensorFlow on the other processes.
+      self.all = ConsoleWriter()
+      return
     quiet_tensorflow()
     from clu import metric_writers  # Lazy: imports TensorFlow.
 
     _hide_accelerators_from_tensorflow()
+    self.summary = metric_writers.SummaryWriter(logdir)
     console = metric_writers.LoggingWriter()
-    self.summary = None
-    writers = [console]
-    if jax.process_index() == 0:
-      self.summary = metric_writers.SummaryWriter(logdir)
-      writers.insert(0, self.summary)
-    self.all = metric_writers.MultiWriter(writers)
+    self.all = metric_writers.MultiWriter([self.summary, console])
 
   def hparams(self, config: ml_collections.ConfigDict) -> None:
     flat = flat_hparams(config)
@@ -80,6 +83,36 @@ class Writers:
 
   def close(self) -> None:
     self.all.close()
+
+
+class ConsoleWriter:
+  """The writer of processes other than 0: scalars to the console (absl
+  logging, as clu's LoggingWriter), everything else dropped (process 0
+  writes it to TensorBoard)."""
+
+  def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+    values = ", ".join(
+      f"{k}={float(v):.6g}" for k, v in sorted(scalars.items())
+    )
+    logging.info("[%d] %s", step, values)
+
+  def write_images(self, step, images) -> None:
+    del step, images
+
+  def write_texts(self, step, texts) -> None:
+    del step, texts
+
+  def write_histograms(self, step, arrays, num_buckets=None) -> None:
+    del step, arrays, num_buckets
+
+  def write_hparams(self, hparams) -> None:
+    del hparams
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 def flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -193,8 +226,23 @@ def _progress_class():
   return Progress
 
 
+class _Silent:
+  """Progress of the processes other than 0: process 0 reports it."""
+
+  def __call__(self, step: int) -> bool:
+    del step
+    return False
+
+  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
+    del name, wait_jax_async_dispatch
+    return contextlib.nullcontext()
+
+
 def make_progress(num_steps: int, batch_size: int, writers: Writers):
-  """The run's progress reporter (every 60 s and at the last step)."""
+  """The run's progress reporter (every 60 s and at the last step), on
+  process 0 only."""
+  if jax.process_index() != 0:
+    return _Silent()
   return _progress_class()(
     num_train_steps=num_steps, writer=writers.all, batch_size=batch_size
   )

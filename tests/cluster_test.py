@@ -88,9 +88,23 @@ def runs(tmp_path_factory):
     two.start([*ARGS, f"--workdir={root / 'two'}"])
     _train_one_process(root / "one")  # While the cluster runs.
     assert two.wait() == [0, 0], two.output()
+    output = two.output()
   finally:
     two.close()
-  return {"root": root, "one": root / "one", "two": root / "two"}
+  return {
+    "root": root,
+    "one": root / "one",
+    "two": root / "two",
+    "output": output,
+  }
+
+
+def test_only_process_0_imports_tensorflow(runs):
+  """Process 0 writes the TensorBoard events (clu, TensorFlow); process 1
+  logs to its console only and never imports TensorFlow."""
+  out = runs["output"]
+  assert "[worker 1] tensorflow imported: False" in out, out[-3000:]
+  assert "[worker 0] tensorflow imported: True" in out, out[-3000:]
 
 
 def test_two_processes_agree_with_one_process(runs):

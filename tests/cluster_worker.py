@@ -77,8 +77,24 @@ def install_hooks() -> None:
     _local_tensorboard(_ENV["ILCT_TEST_LOCAL_TB"])
 
 
+def _report_tensorflow() -> None:
+  """At exit, one line saying whether this process imported TensorFlow."""
+  import atexit
+  import sys
+
+  atexit.register(
+    lambda: print(
+      f"[worker {jax.process_index()}] tensorflow imported: "
+      f"{'tensorflow' in sys.modules}",
+      file=sys.stderr,
+      flush=True,
+    )
+  )
+
+
 if __name__ == "__main__":
   install_hooks()
+  _report_tensorflow()
   if _ENV.get("ILCT_TEST_PROGRAM") == "encode":
     import runpy
     import sys
