@@ -34,6 +34,7 @@ INSTALL_REQUIRES = [
 GCS = ["gcsfs>=2024.2"]
 # `convert_vae --hub_id`: downloads from the Hugging Face hub.
 HUB = ["huggingface_hub>=0.24"]
+WANDB = ["wandb>=0.19"]
 NOTEBOOK = ["matplotlib>=3.8"]
 
 EXTRAS = {
@@ -58,8 +59,10 @@ EXTRAS = {
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
-    # convert_vae --hub_id against a local hub-shaped server.
+    # convert_vae --hub_id against a local hub-shaped server; wandb
+    # offline (WANDB_MODE=offline).
     *HUB,
+    *WANDB,
     # The suite runs on both cores (pytest -n 2, pyproject.toml).
     "pytest-xdist>=3.5",
   ],
@@ -69,6 +72,8 @@ EXTRAS = {
   # machines without TensorFlow's GCS filesystem.
   "gcs": GCS,
   "hub": HUB,
+  # --config.log.wandb_project: Weights & Biases beside TensorBoard.
+  "wandb": WANDB,
   "tpu": ["jax[tpu]>=0.10,<0.11"],
   # `python -m ilct_jax.preflight`: compiles for TPU slices on any machine
   # (libtpu, ~700 MB; the version jax 0.10.2's own [tpu] extra pins).

@@ -136,6 +136,13 @@ def get_config() -> ml_collections.ConfigDict:
   train.profile_steps = 0  # Steps to profile once into the workdir (0 = off).
   train.profile_first_step = 10  # First profiled step (after compilation).
 
+  # ---------------------------------------------------------------- log
+  config.log = log = ml_collections.ConfigDict()
+  # Weights & Biases beside TensorBoard ("" = off; pip install [wandb]).
+  log.wandb_project = ""
+  log.wandb_entity = ""  # "" = wandb's default entity.
+  log.wandb_name = ""  # "" = the workdir's last part.
+
   # ---------------------------------------------------------------- sample
   config.sample = sample = ml_collections.ConfigDict()
   sample.num = 64  # Samples in a logged grid / written by --mode=sample.

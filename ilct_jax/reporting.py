@@ -26,6 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from ilct_jax import wandb_writer
+
 PER_SAMPLE = "per_sample/"  # Step metrics of shape [B] (not averaged).
 # Step metrics that are states, not rates: the window's last value is shown.
 LAST_VALUE = ("nonfinite", "num_scales", "c", "lr")
@@ -58,7 +60,7 @@ class Writers:
   unreadable on the console, such as the flattened config.
   """
 
-  def __init__(self, logdir: str):
+  def __init__(self, logdir: str, config=None):
     self.summary = None
     if jax.process_index() != 0:  # No TensorFlow on the other processes.
       self.all = ConsoleWriter()
@@ -68,8 +70,10 @@ class Writers:
 
     _hide_accelerators_from_tensorflow()
     self.summary = metric_writers.SummaryWriter(logdir)
-    console = metric_writers.LoggingWriter()
-    self.all = metric_writers.MultiWriter([self.summary, console])
+    writers = [self.summary, metric_writers.LoggingWriter()]
+    if wandb_writer.enabled(config):  # Beside TensorBoard, same figures.
+      writers.append(wandb_writer.WandbWriter(config, logdir))
+    self.all = metric_writers.MultiWriter(writers)
 
   def hparams(self, config: ml_collections.ConfigDict) -> None:
     flat = flat_hparams(config)

@@ -106,9 +106,10 @@ def write_samples(config, state, writers, workdir: str, step: int) -> None:
       generate.write_grid(path, images)
 
 
-def create_writer(workdir: str) -> reporting.Writers:
-  """The run's writers (event files in `workdir`, process 0)."""
-  return reporting.Writers(workdir)
+def create_writer(workdir: str, config=None) -> reporting.Writers:
+  """The run's writers (event files in `workdir`, process 0; and wandb when
+  config.log.wandb_project is set)."""
+  return reporting.Writers(workdir, config)
 
 
 def _resume(config, mesh, mngr, meta):
@@ -140,7 +141,7 @@ def _log_plan(config, meta, mesh, start: int) -> None:
 
 def _start_logs(config, workdir, state, start: int) -> reporting.Writers:
   """The writers; at step 0 also the config and the parameter overview."""
-  writers = create_writer(workdir)
+  writers = create_writer(workdir, config)
   if start == 0:
     writers.hparams(config)
     if jax.process_index() == 0:

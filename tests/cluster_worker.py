@@ -64,7 +64,7 @@ def _slow_steps(seconds: float, progress: str) -> None:
 
 def _local_tensorboard(log_dir: str) -> None:
   real = train.create_writer
-  train.create_writer = lambda workdir: real(log_dir)
+  train.create_writer = lambda workdir, config=None: real(log_dir, config)
 
 
 def install_hooks() -> None:

@@ -193,7 +193,9 @@ def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
     return state, saved
 
   monkeypatch.setattr(
-    train, "create_writer", lambda _: real_writer(env["ILCT_TEST_LOCAL_TB"])
+    train,
+    "create_writer",
+    lambda _, config=None: real_writer(env["ILCT_TEST_LOCAL_TB"], config),
   )
   monkeypatch.setattr(checkpointing, "restore", restore)
   mesh = parallel.make_mesh(jax.devices()[:2])
