@@ -36,7 +36,7 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from ilct_jax import checkpointing, consistency, parallel, storage
+from ilct_jax import checkpointing, consistency, parallel, run_config, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits, latents, tfds_images
 
@@ -106,7 +106,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   """A config from a configs/*.py file (its get_config()) or a config.json."""
   if path.endswith(".json"):
     data = storage.read_json(path, "config", "pass a run's config.json")
-    return checkpointing.config_from_dict(data)
+    return run_config.config_from_dict(data)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file {path} not found")
   root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
@@ -445,7 +445,7 @@ def fig1(args: argparse.Namespace) -> tuple[str, str]:
 
 def fig4(args: argparse.Namespace) -> tuple[str, str]:
   """Runs `fig4`; returns (printed text, PNG path)."""
-  config = checkpointing.read_config(args.workdir)
+  config = run_config.read_config(args.workdir)
   rows = fig4_rows(config, read_scalars(args.workdir))
   out = args.out or storage.join(args.workdir, "fig4.png")
   _save(plot_fig4(rows), out)

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 
-from ilct_jax import checkpointing, config_files, parallel
+from ilct_jax import config_files, parallel, run_config
 
 # Programs that compile in less are not worth a disk entry (JAX's default).
 CACHE_MIN_COMPILE_SECONDS = 1.0
@@ -64,7 +64,7 @@ def config_of_run(
 
   Used when `--config` itself is not given: the run says how it was trained.
   """
-  config = checkpointing.read_config(workdir)
+  config = run_config.read_config(workdir)
   for name in values:
     if name.startswith("config.") and values[name].present:
       node, *path, leaf = [config, *name.split(".")[1:]]

@@ -145,6 +145,36 @@ def granule(config: ml_collections.ConfigDict, devices: int) -> int:
   return devices
 
 
+def _crossing(seen: dict, cap: float, g: int, b1: int, b2: int) -> int | None:
+  """Where the line through two measured batches meets the capacity."""
+  slope = (seen[b2] - seen[b1]) / (b2 - b1)
+  return int(b1 + (cap - seen[b1]) / slope) // g * g if slope > 0 else None
+
+
+def _next_batch(seen, ok, g, cap, resolution, phase) -> int | None:
+  """batch_search's next batch to compile, or None when it is done.
+
+  `phase` carries what the search has done: whether the line's guess was
+  taken (`guessed`) and whether the line or bisection picks next
+  (`by_line`, alternating once a failing batch brackets the answer).
+  """
+  lo = max([b for b in seen if ok[b]], default=0)
+  hi = min([b for b in seen if not ok[b] and b > lo], default=None)
+  if hi is None:
+    if phase["guessed"]:
+      return None  # The line's guess fit and nothing above it failed.
+    guess = _crossing(seen, cap, g, *sorted(seen)[-2:])
+    phase["guessed"] = guess is not None
+    return min(guess, 1 << 20) if guess and guess > lo else 2 * lo
+  if hi - lo <= max(g, resolution * lo):
+    return None
+  pair = (lo, hi) if lo else sorted(seen)[:2]
+  guess = _crossing(seen, cap, g, *pair) if phase["by_line"] else None
+  phase["by_line"] = not phase["by_line"]
+  mid = max(g, (lo + hi) // 2 // g * g)
+  return guess if guess is not None and lo < guess < hi else mid
+
+
 def batch_search(
   config: ml_collections.ConfigDict,
   topology: str,
@@ -192,33 +222,14 @@ def batch_search(
       f"({f['compile_s']:.0f} s compile)"
     )
 
-  def crossing(b1: int, b2: int) -> int | None:  # The line meets capacity.
-    slope = (seen[b2] - seen[b1]) / (b2 - b1)
-    return int(b1 + (cap - seen[b1]) / slope) // g * g if slope > 0 else None
-
   base = max(g, config.train.batch_size // g * g)
   for b in (base, max(g, base // 2 // g * g) if base > g else 2 * g):
     if b not in seen:
       compile_at(b)
-  by_line, guessed = True, False
+  phase = {"by_line": True, "guessed": False}
   for _ in range(24):
-    lo = max([b for b in seen if ok[b]], default=0)
-    hi = min([b for b in seen if not ok[b] and b > lo], default=None)
-    if hi is None:
-      if guessed:
-        break  # The line's guess fit and nothing above it failed.
-      guess = crossing(*sorted(seen)[-2:])
-      nxt = min(guess, 1 << 20) if guess and guess > lo else 2 * lo
-      guessed = guess is not None
-    elif hi - lo <= max(g, resolution * lo):
-      break
-    else:
-      pair = (lo, hi) if lo else sorted(seen)[:2]
-      guess = crossing(*pair) if by_line else None
-      mid = max(g, (lo + hi) // 2 // g * g)
-      nxt = guess if guess is not None and lo < guess < hi else mid
-      by_line = not by_line
-    if nxt in seen:
+    nxt = _next_batch(seen, ok, g, cap, resolution, phase)
+    if nxt is None or nxt in seen:
       break
     compile_at(nxt)
   return max([b for b in seen if ok[b]], default=0), seen

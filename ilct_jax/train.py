@@ -28,6 +28,7 @@ from ilct_jax import (
   parallel,
   preemption,
   reporting,
+  run_config,
   storage,
 )
 from ilct_jax import state as state_lib
@@ -190,7 +191,7 @@ def train_and_evaluate(
     mngr.close()
     return state
   _log_plan(config, meta, mesh, start)
-  checkpointing.write_config(config, workdir)  # Only after the checks.
+  run_config.write_config(config, workdir)  # Only after the checks.
   if state is None:  # Compile first: the compiler's garbage meets no state.
     abstract = state_lib.abstract_sharded_state(config, mesh)
     train_fn = compile_step(config, mesh, abstract, steps)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import analysis, checkpointing, consistency
+from ilct_jax import analysis, checkpointing, consistency, run_config
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 
@@ -141,7 +141,7 @@ def _write_events(workdir: str, steps: list[dict[str, float]]) -> None:
 
 def test_fig4_table_from_a_synthetic_event_file(tiny_config, tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  checkpointing.write_config(tiny_config, workdir)
+  run_config.write_config(tiny_config, workdir)
   law = lambda n: math.exp(-1.15 * math.log(n - 1) - 0.85)
   logs = []
   for n in (11, 21, 41):  # tiny's stages; median of each stage = law(n).
@@ -172,7 +172,7 @@ def test_fig4_table_from_a_synthetic_event_file(tiny_config, tmp_path, capsys):
 
 def test_fig4_without_td_std_says_so(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
-  checkpointing.write_config(tiny_config, workdir)
+  run_config.write_config(tiny_config, workdir)
   _write_events(workdir, [{"num_scales": 11, "loss": 1.0}])
   rows = analysis.fig4_rows(tiny_config, analysis.read_scalars(workdir))
   assert all(r["count"] == 0 and np.isnan(r["td_std"]) for r in rows)

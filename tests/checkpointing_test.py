@@ -19,7 +19,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ilct_jax import checkpointing, integrity, parallel, storage, train
+from ilct_jax import (
+  checkpointing,
+  integrity,
+  parallel,
+  run_config,
+  storage,
+  train,
+)
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
 from ilct_jax.evaluation import fid
@@ -315,12 +322,12 @@ def test_config_json_round_trip_keeps_the_run_with_overrides(tmp_path):
   config.ema.decays = (0.9, 0.95)  # As --config.ema.decays=(0.9,0.95).
   config.sample.ema_decay = 0.95
   config.ct.loss = "huber"
-  checkpointing.write_config(config, str(tmp_path))
-  back = checkpointing.read_config(str(tmp_path))
+  run_config.write_config(config, str(tmp_path))
+  back = run_config.read_config(str(tmp_path))
   assert back.ema.decays == (0.9, 0.95) and back.ct.loss == "huber"
   assert back.model.channel_mult == (1,)  # Tuples stay tuples.
   assert train.run_meta(back, 1797) == train.run_meta(config, 1797)
-  assert checkpointing.config_json(back) == checkpointing.config_json(config)
+  assert run_config.config_json(back) == run_config.config_json(config)
   a, b = state_lib.abstract_state(back), state_lib.abstract_state(config)
   assert jax.tree.structure(a) == jax.tree.structure(b)
 
@@ -337,7 +344,7 @@ def test_a_run_from_an_earlier_version_opens_and_samples(run_dir, tmp_path):
 
   workdir = str(tmp_path / "old_run")
   shutil.copytree(run_dir, workdir)
-  path = os.path.join(workdir, checkpointing.CONFIG_FILE)
+  path = os.path.join(workdir, run_config.CONFIG_FILE)
   saved = json.load(open(path))
   for group, field in (
     ("sample", "grid_scales"),
@@ -349,7 +356,7 @@ def test_a_run_from_an_earlier_version_opens_and_samples(run_dir, tmp_path):
     del saved[group][field]
   saved["coupling"]["scope"] = "auto"
   json.dump(saved, open(path, "w"))
-  config = checkpointing.read_config(workdir)
+  config = run_config.read_config(workdir)
   assert config.sample.grid_scales == 640 and config.model.dtype == "float32"
   assert config.model.kernels.conv == "auto"
   assert "group_size" not in config.coupling  # The step reads the scope.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import parallel, rng, train
+from ilct_jax import parallel, rng, run_config, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import build, encode, latents, pipeline, tfds_images
 from ilct_jax.evaluation import generate, image_io
@@ -352,10 +352,10 @@ def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
 
 def test_fig1_reads_an_encoded_latent_set(setup, tmp_path, capsys):
   """`analysis fig1 --source=latents --config=...` on the encoded set."""
-  from ilct_jax import analysis, checkpointing
+  from ilct_jax import analysis
 
   config = setup["config"](setup["ref"])
-  checkpointing.write_config(config, str(tmp_path))
+  run_config.write_config(config, str(tmp_path))
   path = str(tmp_path / "config.json")
   values = analysis.load_source("latents", config=path)
   array = latents.open_latents(config)

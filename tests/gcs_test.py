@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, parallel, storage, train
+from ilct_jax import checkpointing, parallel, run_config, storage, train
 from ilct_jax.data import image_ops, latents
 from ilct_jax.evaluation import fid, generate, image_io
 from ilct_jax.models import vae as vae_lib
@@ -203,7 +203,7 @@ def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
     cli_config.parse(args[:1] + args[2:]), workdir, mesh=mesh
   )
   assert restored == [2]
-  generate.run(checkpointing.read_config(workdir), workdir)
+  generate.run(run_config.read_config(workdir), workdir)
   objects = _objects("run")
   assert "run/config.json" in objects
   steps = {p.split("/")[2] for p in objects if p.startswith("run/checkpoints/")}

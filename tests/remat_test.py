@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, integrity, parallel
+from ilct_jax import integrity, parallel, run_config
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 
@@ -63,9 +63,9 @@ def test_remat_keeps_the_state_tree(tiny_config):
 
 
 def test_config_json_without_remat_builds_plain_model(tiny_config):
-  data = json.loads(checkpointing.config_json(tiny_config))
+  data = json.loads(run_config.config_json(tiny_config))
   del data["model"]["remat"]
-  config = checkpointing.config_from_dict(data)
+  config = run_config.config_from_dict(data)
   assert state_lib.create_model(config).remat is False
 
 

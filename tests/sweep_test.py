@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import celeba, ffhq, lsun_church
-from ilct_jax import checkpointing, train
+from ilct_jax import checkpointing, run_config, train
 from ilct_jax.evaluation import sweep
 
 
@@ -23,7 +23,7 @@ def _fake_fid(config, params, num):
 def test_sweep_ranks_every_kept_step_and_ema_and_resumes(run_dir, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(run_dir, workdir)
-  config = checkpointing.read_config(workdir)
+  config = run_config.read_config(workdir)
   calls = []
 
   def counted(config, params, num):
