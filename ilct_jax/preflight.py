@@ -31,6 +31,8 @@ if __name__ == "__main__":
   ]
   targets.offline_environment(_topology[-1] if _topology else "v4-8")
 
+import math
+
 import jax
 import ml_collections
 
@@ -139,10 +141,12 @@ def run_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def granule(config: ml_collections.ConfigDict, devices: int) -> int:
-  """Global batches must be multiples of this: the chips (OT per shard or
-  over the whole batch both need a batch that divides over them)."""
-  del config
-  return devices
+  """Global batches must be multiples of this: they divide over the chips
+  and into whole OT groups (`coupling.group_size`, when set)."""
+  group = config.coupling.get("group_size", 0)
+  if config.coupling.method == "none" or not group:
+    return devices
+  return math.lcm(devices, group)
 
 
 def _crossing(seen: dict, cap: float, g: int, b1: int, b2: int) -> int | None:

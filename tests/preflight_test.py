@@ -437,12 +437,25 @@ def test_scaling_row_resumes_from_its_compiles(monkeypatch, tmp_path):
   sidecar = str(tmp_path / "rows.compiles.jsonl")
   with pytest.raises(KeyboardInterrupt):
     scaling_table.row("celeba", "v5e-8", "float32", lambda s: None, sidecar)
-  assert calls == [128, 64]
+  assert calls == [128, 256]  # Whole OT groups of 128 (granule).
   stop_after[0] = 99
   r = scaling_table.row("celeba", "v5e-8", "float32", lambda s: None, sidecar)
-  assert calls[2:] and 128 not in calls[2:] and 64 not in calls[2:]
+  assert calls[2:] and 128 not in calls[2:] and 256 not in calls[2:]
   total = lambda b: 4 * gib + 0.004 * gib * b
-  exact = max(b for b in range(8, 4000, 8) if total(b) <= 16 * gib)
+  exact = max(b for b in range(128, 4000, 128) if total(b) <= 16 * gib)
   assert exact * (1 - scaling_table.RESOLUTION) <= r["max_batch"] <= exact
   assert set(scaling_table.compiles(sidecar, ("celeba", "v5e-8", "float32")))
   assert r["tflop_per_chip"] == 1.0 and r["fits"]
+
+
+def test_granule_keeps_whole_ot_groups(tiny_config):
+  """Batches divide over the chips and into whole OT groups."""
+  from configs import celeba, ilct_baseline, lsun_church
+
+  assert preflight.granule(celeba.get_config(), 4) == 128
+  assert preflight.granule(lsun_church.get_config(), 8) == 192
+  assert preflight.granule(ilct_baseline.get_config(), 8) == 8  # No OT.
+  tiny_config.coupling.group_size = 0
+  assert preflight.granule(tiny_config, 8) == 8
+  tiny_config.coupling.group_size = 6
+  assert preflight.granule(tiny_config, 4) == 12
