@@ -20,10 +20,10 @@ plus the XLA compiler options of the train step (`compiler_options`) and the
 dtype policy (params, norm statistics, loss, OT, optimizer and EMAs in
 float32 everywhere; activations in `model.dtype`, which no platform
 overrides). "auto" takes the row of `AUTO` for the platform. The CPU row was
-measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed). The TPU
-and GPU rows are not measured yet: `python -m ilct_jax.preflight
---compare_kernels` compiles each form for a target and reports its cost
-(docs/DESIGN.md, kernels by target).
+measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed); the TPU
+row by the compiled cost of each form (`python -m ilct_jax.preflight
+--compare_kernels`, docs/DESIGN.md, kernels by target); the GPU row is not
+measured.
 """
 
 import dataclasses
@@ -42,12 +42,18 @@ NORM = ("custom", "xla")
 ATTENTION = ("custom", "xla")
 
 # "auto" per platform. CPU: docs/DESIGN.md, speed (each form measured by the
-# benchmark). TPU and GPU: lax.conv (they fold the kernel flip into their
-# convolutions); norm and attention keep the custom backwards every platform
-# ran before, until --compare_kernels has measured them (docs/DESIGN.md).
+# benchmark). TPU: the cheapest form of each kernel in the compiled CelebA
+# paper step for a v4-8 (docs/DESIGN.md, kernels by target; per chip,
+# float32, batch 128): conv "cpu" costs 352 GB of HBM traffic and 11.6 GiB of
+# temporaries against "xla"'s 89 GB and 2.3 GiB; attention "xla" reads
+# 0.5 GB less and holds 0.12 GiB less than "custom"; norm "xla" would save
+# 0.13 GiB of temporaries but read 1.6 GB more per step, and the step is
+# bound by HBM traffic, so norm stays "custom". GPU: not measured (XLA:GPU
+# gives no bytes for a deviceless program); lax.conv and the custom
+# backwards every platform ran before.
 AUTO = {
   "cpu": {"conv": "cpu", "norm": "custom", "attention": "custom"},
-  "tpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
+  "tpu": {"conv": "xla", "norm": "custom", "attention": "xla"},
   "gpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
 }
 

@@ -241,12 +241,21 @@ def batch_search(
 
 # The forms compared by --compare_kernels: the target's "auto" row, then each
 # kernel switched to its other form alone.
-KERNEL_VARIANTS = (
-  ("auto", {}),
-  ("conv=cpu", {"conv": "cpu"}),
-  ("norm=xla", {"norm": "xla"}),
-  ("attention=xla", {"attention": "xla"}),
-)
+def kernel_variants(platform: str) -> list[tuple[str, dict[str, str]]]:
+  """The forms --compare_kernels compiles: the platform's "auto" row, then
+  each kernel switched alone to its other form."""
+  from ilct_jax import kernels
+
+  out = [("auto", {})]
+  for name, forms in (
+    ("conv", kernels.CONV),
+    ("norm", kernels.NORM),
+    ("attention", kernels.ATTENTION),
+  ):
+    for form in forms:
+      if form != kernels.AUTO[platform][name]:
+        out.append((f"{name}={form}", {name: form}))
+  return out
 
 
 def compare_kernels(config, topology: str, log=print) -> dict[str, dict]:
@@ -259,7 +268,7 @@ def compare_kernels(config, topology: str, log=print) -> dict[str, dict]:
 
   platform = targets.topology(topology).platform
   out = {}
-  for name, change in KERNEL_VARIANTS:
+  for name, change in kernel_variants(platform):
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.kernels.update(change)
     f = measure(c, topology, 1, ("train",))["train"]

@@ -35,7 +35,7 @@ needs_libtpu = pytest.mark.skipif(
   reason="libtpu is not installed (pip install -e '.[preflight]')",
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TPU_ROW = kernels.Kernels("tpu", conv="xla", norm="custom", attention="custom")
+TPU_ROW = kernels.Kernels("tpu", conv="xla", norm="custom", attention="xla")
 
 
 @pytest.fixture
@@ -71,9 +71,7 @@ def test_select_resolves_auto_per_platform_and_keeps_overrides(tiny_config):
   )
   assert kernels.select(m, "tpu").compiler_options() is None
   m.kernels.conv, m.kernels.norm = "cpu", "xla"
-  assert kernels.select(m, "tpu") == kernels.Kernels(
-    "tpu", "cpu", "xla", "custom"
-  )
+  assert kernels.select(m, "tpu") == kernels.Kernels("tpu", "cpu", "xla", "xla")
   m.kernels.attention = "flash"
   with pytest.raises(ValueError, match="model.kernels.attention='flash'"):
     kernels.select(m, "tpu")
@@ -262,7 +260,7 @@ def test_tpu_program_takes_the_tpu_kernels(tiny_config):
   assert state_lib.create_model(tiny_config, mesh).kernels == TPU_ROW
   auto = _lowered_step(tiny_config, mesh)
   named = tiny_config.copy_and_resolve_references()
-  named.model.kernels.update(conv="xla", norm="custom", attention="custom")
+  named.model.kernels.update(conv="xla", norm="custom", attention="xla")
   assert _lowered_step(named, mesh) == auto
   cpu_forms = tiny_config.copy_and_resolve_references()
   cpu_forms.model.kernels.conv = "cpu"
@@ -459,3 +457,17 @@ def test_granule_keeps_whole_ot_groups(tiny_config):
   assert preflight.granule(tiny_config, 8) == 8
   tiny_config.coupling.group_size = 6
   assert preflight.granule(tiny_config, 4) == 12
+
+
+def test_kernel_variants_switch_each_kernel_alone():
+  assert preflight.kernel_variants("tpu") == [
+    ("auto", {}),
+    ("conv=cpu", {"conv": "cpu"}),
+    ("norm=xla", {"norm": "xla"}),
+    ("attention=custom", {"attention": "custom"}),
+  ]
+  assert [n for n, _ in preflight.kernel_variants("cpu")][1:] == [
+    "conv=xla",
+    "norm=xla",
+    "attention=xla",
+  ]
