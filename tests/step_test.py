@@ -203,13 +203,11 @@ def test_teacher_is_a_constant_for_the_gradient(tiny_config, monkeypatch):
   assert num_diff > 1e-2 * total  # The teacher's gradient would matter.
 
 
-def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
-  """ALGORITHM.md §12: ema <- d * ema + (1 - d) * theta_new, for each d;
-  a non-finite step changes nothing."""
-  c = tiny_config
+def _state_and_grads(c, seed):
+  """A one-device state with distinct EMAs, and random gradients."""
   mesh = parallel.make_mesh(jax.devices()[:1])
   state = state_lib.create_train_state(c, mesh)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   grads = jax.tree.map(
     lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), state.params
   )
@@ -217,7 +215,14 @@ def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
     jax.tree.map(lambda x, k=k: x + 0.1 * (k + 1), state.params)
     for k in range(len(state.ema_decays))
   )
-  state = state.replace(ema_params=emas)
+  return state.replace(ema_params=emas), grads
+
+
+def test_ema_update_is_d_ema_plus_1_minus_d_params(tiny_config):
+  """ALGORITHM.md §12: ema <- d * ema + (1 - d) * theta_new, for each d;
+  a non-finite step changes nothing."""
+  c = tiny_config
+  state, grads = _state_and_grads(c, 0)
   before = jax.device_get(state)
   tx = optim.create_optimizer(c.optim)
   apply = jax.jit(lambda s, g, ok: s.apply_gradients(tx, g, ok))
@@ -242,17 +247,7 @@ def test_authors_nonfinite_policy_steps_emas_and_halves_lr(tiny_config):
   leaves params and moments but moves every EMA toward the unchanged
   params; the update halves after 101, 202, ... skipped steps."""
   c = tiny_config
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  state = state_lib.create_train_state(c, mesh)
-  rng = np.random.default_rng(1)
-  grads = jax.tree.map(
-    lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), state.params
-  )
-  emas = tuple(
-    jax.tree.map(lambda x, k=k: x + 0.1 * (k + 1), state.params)
-    for k in range(len(state.ema_decays))
-  )
-  state = state.replace(ema_params=emas)
+  state, grads = _state_and_grads(c, 1)
   before = jax.device_get(state)
   tx = optim.create_optimizer(c.optim)
   apply = jax.jit(
