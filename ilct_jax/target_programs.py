@@ -192,12 +192,19 @@ def measure(
 
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# XLA:TPU's refusals: "RESOURCE_EXHAUSTED: Ran out of memory on HBM ... (X)
+# exceeds available HBM (Y)" far past the chip, and near it (after buffer
+# assignment) "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: ... Ran out of
+# memory in memory space hbm. Used X of Y hbm."
 _OOM = re.compile(
-  r"RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm|"
-  r"RESOURCE_EXHAUSTED: Ran out of memory on HBM"
+  r"RESOURCE_EXHAUSTED:.*Ran out of memory (in memory space hbm|on HBM)",
+  re.DOTALL,
 )
-_NEED = re.compile(
-  r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
+_NEED = (
+  re.compile(
+    r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
+  ),
+  re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
 )
 
 
@@ -205,12 +212,13 @@ def _compiler_oom(message: str) -> dict[str, float] | None:
   """The TPU compiler's own refusal ("Ran out of memory on HBM"), as figures.
 
   Far past the chip's memory, XLA:TPU stops before any buffer assignment;
-  its message names the bytes required and the usable HBM (e.g. 1.51T of
-  15.75G), which the verdict then reports.
+  near it, after. Either message names the bytes required and the usable
+  HBM (e.g. 1.51T of 15.75G, or 15.88G of 15.75G), which the verdict then
+  reports.
   """
   if not _OOM.search(message):
     return None
-  m = _NEED.search(message)
+  m = _NEED[0].search(message) or _NEED[1].search(message)
   nan = float("nan")
   need = float(m.group(1)) * _UNITS[m.group(2)] if m else float("inf")
   usable = float(m.group(3)) * _UNITS[m.group(4)] if m else nan

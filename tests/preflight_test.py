@@ -471,3 +471,31 @@ def test_kernel_variants_switch_each_kernel_alone():
     "norm=xla",
     "attention=xla",
   ]
+
+
+@pytest.mark.parametrize(
+  "message, need, usable",
+  [
+    (  # Far past the chip: before buffer assignment.
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM while allocating: "
+      "program (1.51T) exceeds available HBM (15.75G)",
+      1.51 * 2**40,
+      15.75 * 2**30,
+    ),
+    (  # Near it (XLA:TPU in jax 0.10.2, v5e-8, bf16 CelebA at 5376).
+      "jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: E1000: "
+      "CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory "
+      "in memory space hbm. Used 15.88G of 15.75G hbm. Exceeded hbm capacity "
+      "by 137.71M.\nTotal hbm usage >= 16.13G:",
+      15.88 * 2**30,
+      15.75 * 2**30,
+    ),
+  ],
+)
+def test_compiler_refusals_become_figures(message, need, usable):
+  f = target_programs._compiler_oom(message)  # noqa: SLF001
+  assert f["total"] == pytest.approx(need) and f["usable"] == usable
+  assert not preflight.fits(f, "v5e-8")
+  line = preflight.verdict({"train": f}, "v5e-8")
+  assert "(15.75 GiB usable, says its compiler)" in line
+  assert target_programs._compiler_oom("RESOURCE_EXHAUSTED: host") is None  # noqa: SLF001
