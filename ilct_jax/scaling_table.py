@@ -94,7 +94,11 @@ def row(
     f"  {name} {topology} {dtype}: batch {paper}: "
     f"{f['total'] / preflight.GIB:.2f} GiB ({f.get('compile_s', 0):.0f} s)"
   )
-  known = {b: d["total"] for b, d in done.items()}
+  # A batch XLA refused never fits, whatever total its message gave.
+  known = {
+    b: float("inf") if d.get("compiler_oom") else d["total"]
+    for b, d in done.items()
+  }
   best, seen = preflight.batch_search(
     config, topology, 1, known, log=log, resolution=RESOLUTION, record=keep
   )

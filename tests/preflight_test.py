@@ -499,3 +499,42 @@ def test_compiler_refusals_become_figures(message, need, usable):
   line = preflight.verdict({"train": f}, "v5e-8")
   assert "(15.75 GiB usable, says its compiler)" in line
   assert target_programs._compiler_oom("RESOURCE_EXHAUSTED: host") is None  # noqa: SLF001
+
+
+def test_scaling_row_never_takes_a_refused_batch_as_fitting(
+  monkeypatch, tmp_path
+):
+  """XLA's refusal can name less than the datasheet HBM (15.88 of a 16 GiB
+  v5e's 15.75 usable): a refused batch in the compiles file stays refused."""
+  import json
+
+  from ilct_jax import scaling_table
+
+  gib = preflight.GIB
+  sidecar = tmp_path / "rows.compiles.jsonl"
+  key = ["celeba", "v5e-8", "bfloat16"]
+  refused = {"total": 15.88 * gib, "usable": 15.75 * gib, "compiler_oom": 1.0}
+  paper = {
+    "total": 5.3 * gib,
+    "args": 4.1 * gib,
+    "temp": 1.2 * gib,
+    "flops": 1e12,
+    "bytes_accessed": 4e10,
+    "collective_bytes": 1e8,
+    "compile_s": 1.0,
+  }
+  with open(sidecar, "w") as f:
+    for b, figures in ((128, paper), (5376, refused)):
+      f.write(json.dumps(dict(key=key, batch=b, figures=figures)) + "\n")
+  calls = []
+
+  def fake(config, *a):
+    b = config.train.batch_size
+    calls.append(b)
+    return {"train": {**paper, "total": 5.3 * gib + 0.002 * gib * (b - 128)}}
+
+  monkeypatch.setattr(preflight, "measure", fake)
+  r = scaling_table.row(
+    "celeba", "v5e-8", "bfloat16", lambda s: None, str(sidecar)
+  )
+  assert 0 < r["max_batch"] < 5376 and 5376 not in calls
