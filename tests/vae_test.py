@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 from ilct_jax.evaluation import image_io
 from ilct_jax.models import autoencoder, convert_vae
 from ilct_jax.models import vae as vae_lib
+from tests import references
 
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4)
 
@@ -25,17 +26,8 @@ def tiny():
   return vae, vae_lib.random_params(vae, seed=0)
 
 
-def _torch_tensors(params):
-  """Flax params -> diffusers-named tensors in PyTorch layout (test inverse)."""
-  out = {}
-  for path, value in vae_lib.flatten(params).items():
-    value = np.asarray(value)
-    if value.ndim == 4:
-      value = value.transpose(3, 2, 0, 1)
-    elif value.ndim == 2:
-      value = value.T
-    out[convert_vae.torch_name(path)] = np.ascontiguousarray(value)
-  return out
+# Flax params -> diffusers-named tensors in PyTorch layout (test inverse).
+_torch_tensors = references.vae_torch_tensors
 
 
 def _write_diffusers(directory, tensors, **config):
