@@ -31,6 +31,10 @@ INSTALL_REQUIRES = [
   "importlib_resources>=6",
 ]
 
+# The repository's home: the notebook's Colab badge and clone URL are this
+# (tests/notebook_test.py; `python tools/set_repo_url.py` writes them).
+URL = "https://github.com/ilct-jax/ilct_jax"
+
 GCS = ["gcsfs>=2024.2"]
 # `convert_vae --hub_id`: downloads from the Hugging Face hub.
 HUB = ["huggingface_hub>=0.24"]
@@ -109,5 +113,6 @@ setuptools.setup(
   python_requires=">=3.11",
   install_requires=INSTALL_REQUIRES,
   extras_require=EXTRAS,
+  url=URL,
   license="Apache-2.0",
 )

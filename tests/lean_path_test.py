@@ -7,6 +7,7 @@ with `checkpointing.load_run`, samples it with both samplers and runs
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,3 +75,62 @@ def test_open_and_sample_a_run_without_tf_tfds_ott_clu(run_dir, tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   assert "OK 6 []" in r.stdout
   assert os.listdir(os.path.join(workdir, "samples"))
+
+
+def _requirement_names(lines) -> set[str]:
+  names = set()
+  for line in lines:
+    line = line.split("#")[0].strip()
+    if line:
+      name = re.split(r"[<>=!\[; ]", line)[0]
+      names.add(name.lower().replace("_", "-"))
+  return names
+
+
+def test_notebook_requirements_cover_the_lean_path(run_dir, tmp_path):
+  """notebooks/requirements.txt (what the Colab cell installs) lists every
+  direct dependency of ilct_jax that the notebook's path imports, each with
+  setup.py's pin, and none of the blocked packages."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  lines = open(os.path.join(root, "notebooks", "requirements.txt")).read()
+  listed = _requirement_names(lines.splitlines())
+  setup_text = open(os.path.join(root, "setup.py")).read()
+  for line in lines.splitlines():
+    line = line.split("#")[0].strip()
+    if line:
+      assert f'"{line}"' in setup_text, f"{line} is not setup.py's pin"
+  r = _run(
+    f"""
+    import importlib.metadata as md, re, sys
+    import jax, matplotlib
+    matplotlib.use("Agg")
+    from ilct_jax import analysis, checkpointing, parallel, sampling
+    from ilct_jax import inspect as run_inspect
+    from ilct_jax.evaluation import generate, image_io
+    from ilct_jax.models import autoencoder, unet, vae
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    run = checkpointing.load_run({run_dir!r}, what="ema", mesh=mesh)
+    run_inspect.format_summary(run_inspect.summarize({run_dir!r}, num=0))
+    generate.sample_images(run.config, run.params, 2)
+    dists = md.packages_distributions()
+    tops = {{m.split(".")[0] for m in list(sys.modules)}}
+    used = {{d for t in tops for d in dists.get(t, [])}}
+    direct = {{re.split(r"[<>=!\\[; ]", r)[0] for r in md.requires("ilct_jax")
+              if "extra ==" not in r}}
+    norm = lambda n: n.lower().replace("_", "-")
+    both = {{norm(d) for d in used}} & {{norm(d) for d in direct}}
+    print("USED", sorted(both))
+    """,
+    str(tmp_path),
+  )
+  assert r.returncode == 0, r.stderr[-3000:]
+  used = set(eval(r.stdout.split("USED ", 1)[1].strip()))
+  print("direct dependencies the notebook path imports:", sorted(used))
+  assert {"jax", "flax", "orbax-checkpoint"} <= used
+  assert used <= listed, f"not in notebooks/requirements.txt: {used - listed}"
+  assert not listed & {
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "ott-jax",
+    "clu",
+  }

@@ -70,3 +70,23 @@ def test_ruff_accepts_the_notebook():
   for args in (("check",), ("format", "--check")):
     proc = _ruff(*args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_colab_urls_are_the_declared_home():
+  """The badge and the clone URL are setup.py's URL (no placeholder)."""
+  sys.path.insert(0, os.path.join(REPO, "tools"))
+  try:
+    import set_repo_url
+  finally:
+    sys.path.pop(0)
+  url = set_repo_url.declared_url()
+  text = open(NOTEBOOK).read()
+  assert set_repo_url.rewrite(text, url) == text, (
+    f"the notebook's URLs are not setup.py's {url}: run "
+    "python tools/set_repo_url.py"
+  )
+  assert f"github/{url.removeprefix('https://github.com/')}/blob/" in text
+  assert f'REPO_URL = \\"{url}\\"' in text and "ORG/REPO" not in text
+  # The check can fail: another home is written over it.
+  other = set_repo_url.rewrite(text, "https://github.com/a/b")
+  assert other != text and "github/a/b/blob/" in other
