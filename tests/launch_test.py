@@ -592,3 +592,34 @@ def test_gpu_slurm_sample_job_reads_the_run_and_keeps_its_logs(sandbox):
   assert (workdir / "logs" / "ilct_jax-4242-0.out").read_text() == "task 0\n"
   bad = run("gpu_slurm.sbatch", [], slurm, cwd=tmp, JOB="fit")
   assert bad.returncode == 2 and "JOB=fit" in bad.stderr
+
+
+@pytest.mark.parametrize(
+  "job, module",
+  [
+    ("features", "ilct_jax.evaluation.features"),
+    ("preflight", "ilct_jax.preflight"),
+  ],
+)
+def test_gpu_slurm_one_process_jobs(sandbox, job, module):
+  """features and preflight run as one task, with no --distributed and no
+  --workdir; preflight needs CONFIG."""
+  tmp, env = sandbox
+  slurm = _slurm_env(env)
+  result = run("gpu_slurm.sbatch", ["--topology=v4-8"], slurm, cwd=tmp, JOB=job)
+  assert result.returncode == 0, result.stderr
+  (srun,) = calls(tmp / "out", "srun")
+  assert srun[:2] == ["--ntasks=1", "--nodes=1"]
+  assert srun[4:] == [
+    "python",
+    "-m",
+    module,
+    "--config=configs/tiny.py",
+    "--topology=v4-8",
+  ]
+  if job == "preflight":
+    bare = {k: v for k, v in slurm.items() if k != "CONFIG"}
+    (tmp / "out" / "srun.argv").unlink()
+    missing = run("gpu_slurm.sbatch", [], bare, cwd=tmp, JOB=job)
+    assert missing.returncode != 0 and "CONFIG" in missing.stderr
+    assert not calls(tmp / "out", "srun")
