@@ -80,7 +80,7 @@ def window_start(
   The paper picks its checkpoint among the last 100 epochs (docs/ALGORITHM.md
   §13), so the paper configs keep every checkpoint from there on.
   """
-  epochs = train.get("keep_last_epochs", 0)
+  epochs = train.keep_last_epochs
   if epochs <= 0:
     return None
   per_epoch = max(num_examples // train.batch_size, 1)

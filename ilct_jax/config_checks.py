@@ -18,13 +18,13 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   losses.validate(config.ct.loss)
   consistency.validate(config.ct)
   coupling.validate(config.coupling.method)
-  if "group_size" in config.coupling:
+  if config.coupling.group_size is not None:  # None: a legacy run's scope.
     coupling.group_count(config.train.batch_size, config.coupling.group_size)
   choices.check("model.norm", config.model.norm, norms.NORMS)
   choices.check("optim.name", config.optim.name, optim.OPTIMIZERS)
   choices.check(
     "train.nonfinite",
-    config.train.get("nonfinite", "halt"),
+    config.train.nonfinite,
     state_lib.NONFINITE_POLICIES,
   )
   if not 0.0 <= config.ct.diffusion_threshold <= 1.0:

@@ -217,7 +217,7 @@ def memory_estimate(config: ml_collections.ConfigDict) -> dict[str, float]:
   step = train.compile_step(config, mesh, state, steps)  # As training does.
   figures = {"compile_s": step.stats["compile_seconds"]}
   figures.update(step_accounting(config, step.compiled, mesh.size))
-  figures["remat"] = float(config.model.get("remat", False))
+  figures["remat"] = float(config.model.remat)
   return figures
 
 

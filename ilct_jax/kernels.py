@@ -130,9 +130,7 @@ def platform_of(target: Target = None) -> str:
 
 
 def _field(config: ml_collections.ConfigDict | None, name: str) -> str:
-  # A run's config.json written before model.kernels existed lacks it.
-  kernels = None if config is None else config.get("kernels")
-  return "auto" if kernels is None else str(kernels.get(name, "auto"))
+  return "auto" if config is None else str(config.kernels[name])
 
 
 def select(

@@ -143,7 +143,7 @@ def run_steps(config: ml_collections.ConfigDict) -> int:
 def granule(config: ml_collections.ConfigDict, devices: int) -> int:
   """Global batches must be multiples of this: they divide over the chips
   and into whole OT groups (`coupling.group_size`, when set)."""
-  group = config.coupling.get("group_size", 0)
+  group = config.coupling.group_size
   if config.coupling.method == "none" or not group:
     return devices
   return math.lcm(devices, group)

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from ilct_jax import storage
 
@@ -39,31 +40,69 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     storage.write_text(storage.join(workdir, CONFIG_FILE), config_json(config))
 
 
-def _merged(defaults: dict[str, Any], saved: dict[str, Any]) -> dict:
-  out = dict(defaults)
-  for key, value in saved.items():
-    if isinstance(value, dict) and isinstance(out.get(key), dict):
-      out[key] = _merged(out[key], value)
+# Fields of earlier versions that today's code still reads, in place of the
+# field that replaced them: a run from before `coupling.group_size` pairs
+# noise and data as its `coupling.scope` said (coupling.legacy_group_size).
+LEGACY_FIELDS = ("coupling.scope",)
+
+
+def _merged(
+  defaults: dict[str, Any],
+  saved: dict[str, Any],
+  prefix: str,
+  added: list[str],
+  unknown: list[str],
+) -> dict:
+  """`saved` laid over `defaults`; the paths each lacks go to the lists."""
+  out = {}
+  for key, default in defaults.items():
+    path = prefix + key
+    if key not in saved:
+      added.append(path)
+      out[key] = default
+    elif isinstance(default, dict) and isinstance(saved[key], dict):
+      out[key] = _merged(default, saved[key], path + ".", added, unknown)
     else:
+      out[key] = saved[key]
+  for key, value in saved.items():
+    path = prefix + key
+    if key in defaults:
+      continue
+    if path in LEGACY_FIELDS:
       out[key] = value
+    else:
+      unknown.append(path)
   return out
 
 
 def upgrade_config(saved: dict[str, Any]) -> ml_collections.ConfigDict:
   """A config.json's dict laid over today's defaults (configs/default.py).
 
-  A run written by an earlier version lacks the fields added since; they
+  A run written by an earlier version lacks the fields added since: they
   take their defaults, which are what that version did (each new field's
-  default keeps the old behaviour). Fields since removed stay as written.
-  One translation: a run from before `coupling.group_size` keeps its
-  `coupling.scope`, which the train step reads in its place.
+  default keeps the old behaviour), and one log line names them. Fields
+  this version does not know are named in a warning and dropped, except
+  `LEGACY_FIELDS`: a run from before `coupling.group_size` keeps its
+  `coupling.scope` and gets `group_size = None`, which tells the train step
+  to pair as the scope did.
   """
   from configs import default  # noqa: PLC0415 (the installed config files)
 
-  merged = _merged(default.get_config().to_dict(), saved)
-  coupling = saved.get("coupling", {})
-  if "scope" in coupling and "group_size" not in coupling:
-    merged["coupling"].pop("group_size", None)
+  added, unknown = [], []
+  merged = _merged(default.get_config().to_dict(), saved, "", added, unknown)
+  if "scope" in merged["coupling"] and "coupling.group_size" in added:
+    merged["coupling"]["group_size"] = None
+  if added:
+    logging.info(
+      "config.json predates %d field(s), which take today's defaults: %s",
+      len(added),
+      ", ".join(added),
+    )
+  if unknown:
+    logging.warning(
+      "config.json has field(s) this version does not know, ignored: %s",
+      ", ".join(unknown),
+    )
   return config_from_dict(merged)
 
 

@@ -141,7 +141,7 @@ def create_model(
     norm=m.norm,
     dtype=dtypes[m.dtype],
     # A run's config.json written before model.remat existed lacks it.
-    remat=bool(m.get("remat", False)),
+    remat=bool(m.remat),
     kernels=kernels.select(m, target),
   )
 

@@ -84,12 +84,10 @@ def paired_noise(
   noise = jax.random.normal(key, x0.shape, jnp.float32)
   if cfg.method == "none":
     return noise
-  group_size = cfg.get("group_size")
-  if group_size is None:  # A run from before coupling.group_size.
+  group_size = cfg.group_size
+  if group_size is None:  # A run from before it (run_config.LEGACY_FIELDS).
     devices = 1 if mesh is None else mesh.shape["data"]
-    group_size = coupling.legacy_group_size(
-      cfg.get("scope", "global"), x0.shape[0], devices
-    )
+    group_size = coupling.legacy_group_size(cfg.scope, x0.shape[0], devices)
   return coupling.pair(
     x0,
     noise,
@@ -144,7 +142,7 @@ def train_step(
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   tx = optim_lib.create_optimizer(config.optim)
-  policy = config.train.get("nonfinite", "halt")
+  policy = config.train.nonfinite
   new_state = state.apply_gradients(tx, grads, finite, policy)
   lr = jnp.asarray(config.optim.lr, jnp.float32)
   if policy == "authors":

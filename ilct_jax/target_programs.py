@@ -53,7 +53,7 @@ def examples(config: ml_collections.ConfigDict) -> int:
   """Training-set size: data.num_examples, else the paper run's size."""
   if config.data.num_examples > 0:
     return int(config.data.num_examples)
-  where = f"{config.data.get('name', '')} {config.data.get('latent_dir', '')}"
+  where = f"{config.data.name} {config.data.latent_dir}"
   for key, n in _PAPER_EXAMPLES.items():
     if key in where:
       return n

@@ -270,7 +270,7 @@ class _Run:
 
   def _check_nonfinite(self, scalars: dict) -> None:
     limit = self.config.train.max_nonfinite
-    policy = self.config.train.get("nonfinite", "halt")
+    policy = self.config.train.nonfinite
     if policy == "halt" and scalars["nonfinite"] > limit:
       raise FloatingPointError(
         f"{int(scalars['nonfinite'])} non-finite steps were skipped (limit "

@@ -23,7 +23,7 @@ RUN_ID_FILE = "wandb_run_id"
 
 
 def enabled(config: ml_collections.ConfigDict | None) -> bool:
-  return bool(config is not None and config.get("log", {}).get("wandb_project"))
+  return bool(config is not None and config.log.wandb_project)
 
 
 def run_id(workdir: str) -> str:
@@ -53,8 +53,8 @@ class WandbWriter:
     local = workdir if "://" not in workdir else None
     self.run = wandb.init(
       project=log.wandb_project,
-      entity=log.get("wandb_entity") or None,
-      name=log.get("wandb_name") or os.path.basename(workdir.rstrip("/")),
+      entity=log.wandb_entity or None,
+      name=log.wandb_name or os.path.basename(workdir.rstrip("/")),
       id=run_id(workdir),
       resume="allow",
       dir=os.environ.get("WANDB_DIR") or local,

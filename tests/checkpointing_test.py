@@ -332,35 +332,86 @@ def test_config_json_round_trip_keeps_the_run_with_overrides(tmp_path):
   assert jax.tree.structure(a) == jax.tree.structure(b)
 
 
-def test_a_run_from_an_earlier_version_opens_and_samples(run_dir, tmp_path):
-  """A config.json without fields added since (sample.grid_scales,
-  model.dtype, model.kernels, train.nonfinite, coupling.group_size, with
-  the old coupling.scope) opens with today's defaults, and --mode=sample
-  runs on it."""
-  import json
-  import shutil
-
-  from ilct_jax.evaluation import generate
-
+def _old_run(source, tmp_path, edit):
+  """A copy of the run at `source` whose config.json `edit(saved)` changed."""
   workdir = str(tmp_path / "old_run")
-  shutil.copytree(run_dir, workdir)
+  shutil.copytree(source, workdir)
   path = os.path.join(workdir, run_config.CONFIG_FILE)
   saved = json.load(open(path))
-  for group, field in (
-    ("sample", "grid_scales"),
-    ("model", "dtype"),
-    ("model", "kernels"),
-    ("train", "nonfinite"),
-    ("coupling", "group_size"),
-  ):
+  edit(saved)
+  json.dump(saved, open(path, "w"))
+  return workdir, saved
+
+
+# Fields an old config.json lacks (coupling.group_size with the
+# coupling.scope that preceded it).
+ADDED_SINCE = (
+  ("sample", "grid_scales"),
+  ("model", "dtype"),
+  ("model", "head_channels"),
+  ("model", "kernels"),
+  ("model", "remat"),
+  ("train", "nonfinite"),
+  ("train", "keep_last_epochs"),
+  ("log", "wandb_project"),
+  ("coupling", "group_size"),
+)
+
+
+def _drop_added_fields(saved):
+  for group, field in ADDED_SINCE:
     del saved[group][field]
   saved["coupling"]["scope"] = "auto"
-  json.dump(saved, open(path, "w"))
-  config = run_config.read_config(workdir)
+
+
+def test_a_run_from_an_earlier_version_samples_and_resumes(
+  tmp_path, caplog, crash_after, monkeypatch
+):
+  """A config.json without fields added since opens with today's defaults
+  (one log line names them); --mode=sample runs on it, and training
+  resumes from its checkpoint and goes on. The run is the tiny one at the
+  default head_channels (64, so 64 channels): a dropped field takes its
+  default, so the run must have used it."""
+  from configs import tiny
+  from ilct_jax.evaluation import generate
+
+  config = tiny.get_config()
+  config.model.model_channels = config.model.head_channels = 64
+  with pytest.raises(crash_after(3)):  # Killed after its step-3 checkpoint.
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  monkeypatch.undo()
+  workdir, saved = _old_run(str(tmp_path / "run"), tmp_path, _drop_added_fields)
+  with caplog.at_level(logging.INFO):
+    config = run_config.read_config(workdir)
+  (line,) = [r.getMessage() for r in caplog.records if "predates" in r.message]
+  for group, field in ADDED_SINCE:
+    assert f"{group}.{field}" in line
   assert config.sample.grid_scales == 640 and config.model.dtype == "float32"
+  assert config.model.head_channels == 64
   assert config.model.kernels.conv == "auto"
-  assert "group_size" not in config.coupling  # The step reads the scope.
+  assert config.coupling.group_size is None  # The step reads the scope.
   assert config.coupling.scope == "auto"
   assert config.train.batch_size == saved["train"]["batch_size"]
   written = generate.run(config, workdir)
   assert written and all(os.path.exists(p) for p in written.values())
+  # Resume from the old run's step-3 checkpoint to its last step, 6.
+  train.train_and_evaluate(config, workdir)
+  mngr = checkpointing.create_manager(workdir, config.train, read_only=True)
+  assert mngr.latest_step() == 6
+  mngr.close()
+
+
+def test_unknown_config_fields_are_named_and_ignored(run_dir, tmp_path, caplog):
+  def edit(saved):
+    saved["model"]["wide_attention"] = True
+    saved["teleport"] = {"enabled": True}
+
+  workdir, _ = _old_run(run_dir, tmp_path, edit)
+  with caplog.at_level(logging.WARNING):
+    config = run_config.read_config(workdir)
+  (line,) = [r.getMessage() for r in caplog.records if "not know" in r.message]
+  assert "model.wide_attention" in line and "teleport" in line
+  assert "wide_attention" not in config.model and "teleport" not in config
+  assert run_config.config_json(config) == run_config.config_json(
+    run_config.read_config(run_dir)
+  )

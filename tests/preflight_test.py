@@ -75,9 +75,6 @@ def test_select_resolves_auto_per_platform_and_keeps_overrides(tiny_config):
   m.kernels.attention = "flash"
   with pytest.raises(ValueError, match="model.kernels.attention='flash'"):
     kernels.select(m, "tpu")
-  # A config.json from before model.kernels: every kernel "auto".
-  del m["kernels"]
-  assert kernels.select(m, "tpu") == TPU_ROW
 
 
 @pytest.mark.parametrize("name", norms.NORMS)
