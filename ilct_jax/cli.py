@@ -1,60 +1,18 @@
-"""Command-line plumbing shared by the programs (main, encode, eval CLIs).
+"""Command-line plumbing shared by the programs (main, eval, preflight).
 
-Starting the JAX cluster from the cluster flags (and the persistent compile
-cache of --compile_cache), the config of a mode that opens an existing run
-(its config.json plus any `--config.x=y` overrides), and `app.run` with a
-`--config` override typo reported in one line.
+The config of a mode that opens an existing run (its config.json plus any
+`--config.x=y` overrides), and `app.run` with `--config` resolved from any
+directory and an override typo reported in one line. Starting the cluster
+and the compile cache are `parallel.start_cluster`.
 """
 
-import os
 import sys
 from collections.abc import Callable
 
-import jax
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 
-from ilct_jax import config_files, parallel, run_config
-
-# Programs that compile in less are not worth a disk entry (JAX's default).
-CACHE_MIN_COMPILE_SECONDS = 1.0
-
-
-def start_cluster(values: flags.FlagValues) -> None:
-  """`parallel.initialize_cluster` from the flags of define_cluster_flags,
-  then the compile cache of --compile_cache."""
-  parallel.initialize_cluster(
-    values.distributed,
-    values.coordinator_address,
-    values.num_processes,
-    values.process_id,
-    values.local_device_ids,
-  )
-  enable_compile_cache(values.compile_cache)
-
-
-def enable_compile_cache(path: str) -> str | None:
-  """JAX's persistent compilation cache in `path` ("" = off); the dir used.
-
-  A restart (after preemption, `--mode=sample`, `--mode=eval`) then loads the
-  compiled train step and state init instead of compiling them again
-  (docs/DESIGN.md, start-up). JAX keys entries on the program, the compile
-  options, the devices and its own version, so a changed config or upgrade
-  compiles afresh. A dir already configured (JAX_COMPILATION_CACHE_DIR in
-  the environment, which JAX reads at import) wins over the flag.
-  """
-  configured = jax.config.jax_compilation_cache_dir
-  if configured:
-    return configured
-  if not path:
-    return None
-  path = os.path.expanduser(path)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update(
-    "jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS
-  )
-  logging.info("Compile cache: %s", path)
-  return path
+from ilct_jax import config_files, run_config
 
 
 def config_of_run(

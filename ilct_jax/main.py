@@ -49,7 +49,7 @@ def main(argv):
   jax.config.update("jax_threefry_partitionable", True)
   reporting.quiet_tensorflow()  # Before anything imports it.
   checkpointing.quiet_orbax_logs()
-  cli.start_cluster(FLAGS)
+  parallel.start_cluster(FLAGS)
   workdir, config = FLAGS.workdir, FLAGS.config
   if FLAGS.mode != "train" and not FLAGS["config"].present:
     config = cli.config_of_run(FLAGS, workdir)

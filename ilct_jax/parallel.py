@@ -5,9 +5,12 @@ Every program of ilct_jax runs under `jit` over a 1-D mesh named "data"
 is replicated, and the compiler inserts the collectives. The mesh axis type is
 always Auto, so sharding constraints are compiler hints and never type errors.
 Host-side helpers turn each process's rows into one global array and back.
+Programs start here: `start_cluster` joins the JAX cluster from the cluster
+flags and turns on the persistent compile cache of --compile_cache.
 The XLA options and kernel forms of each platform live in `ilct_jax.kernels`.
 """
 
+import os
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -148,6 +151,47 @@ def initialize_cluster(
         "--num_processes=N --process_id=I (see docs/SCALING.md)"
       ) from e
   logging.info("%s", describe())
+
+
+# Programs that compile in less are not worth a disk entry (JAX's default).
+CACHE_MIN_COMPILE_SECONDS = 1.0
+
+
+def start_cluster(values: flags.FlagValues) -> None:
+  """`initialize_cluster` from the flags of define_cluster_flags,
+  then the compile cache of --compile_cache."""
+  initialize_cluster(
+    values.distributed,
+    values.coordinator_address,
+    values.num_processes,
+    values.process_id,
+    values.local_device_ids,
+  )
+  enable_compile_cache(values.compile_cache)
+
+
+def enable_compile_cache(path: str) -> str | None:
+  """JAX's persistent compilation cache in `path` ("" = off); the dir used.
+
+  A restart (after preemption, `--mode=sample`, `--mode=eval`) then loads the
+  compiled train step and state init instead of compiling them again
+  (docs/DESIGN.md, start-up). JAX keys entries on the program, the compile
+  options, the devices and its own version, so a changed config or upgrade
+  compiles afresh. A dir already configured (JAX_COMPILATION_CACHE_DIR in
+  the environment, which JAX reads at import) wins over the flag.
+  """
+  configured = jax.config.jax_compilation_cache_dir
+  if configured:
+    return configured
+  if not path:
+    return None
+  path = os.path.expanduser(path)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS
+  )
+  logging.info("Compile cache: %s", path)
+  return path
 
 
 def describe() -> str:

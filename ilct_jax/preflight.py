@@ -314,13 +314,13 @@ def table(figures: dict, topology: str, num_slices: int = 1) -> str:
 def _main(argv: list[str]) -> None:
   from absl import flags
 
-  from ilct_jax import cli, config_checks, kernels
+  from ilct_jax import config_checks, kernels, parallel
 
   del argv
   f = flags.FLAGS
   config = f.config
   jax.config.update("jax_threefry_partitionable", True)  # As main.py does.
-  cli.enable_compile_cache(f.compile_cache)
+  parallel.enable_compile_cache(f.compile_cache)
   config_checks.check_names(config)
   topo = targets.topology(f.topology)
   chips = topo.chips * f.num_slices

@@ -157,12 +157,12 @@ def markdown(rows: dict[tuple, dict]) -> str:
 def _main(argv: list[str]) -> None:
   from absl import flags
 
-  from ilct_jax import cli
+  from ilct_jax import parallel
 
   del argv
   f = flags.FLAGS
   jax.config.update("jax_threefry_partitionable", True)
-  cli.enable_compile_cache(f.compile_cache)
+  parallel.enable_compile_cache(f.compile_cache)
   rows = read(f.results)
   for name in f.configs:
     for topo in f.topologies:

@@ -1,6 +1,6 @@
 """--compile_cache: JAX's persistent compilation cache for restarts.
 
-The programs (main, encode, eval) call cli.start_cluster, which turns the
+The programs (main, encode, eval) call parallel.start_cluster, which turns the
 cache on in the flag's directory unless the environment or the process has
 already chosen one (as this test session has: tests/conftest.py).
 """
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 from jax._src import compilation_cache  # The cache object of this process.
 
-from ilct_jax import cli
+from ilct_jax import parallel
 
 
 @pytest.fixture
@@ -33,11 +33,11 @@ def test_flag_dir_is_used_and_a_second_compile_loads_from_it(
   no_cache_dir, tmp_path
 ):
   path = str(tmp_path / "xla")
-  assert cli.enable_compile_cache(path) == path
+  assert parallel.enable_compile_cache(path) == path
   assert jax.config.jax_compilation_cache_dir == path
   assert (
     jax.config.jax_persistent_cache_min_compile_time_secs
-    == cli.CACHE_MIN_COMPILE_SECONDS
+    == parallel.CACHE_MIN_COMPILE_SECONDS
   )
   # Every compile is worth an entry here, so that a small one shows it.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -65,14 +65,14 @@ def test_flag_dir_is_used_and_a_second_compile_loads_from_it(
 
 
 def test_empty_flag_turns_it_off(no_cache_dir):
-  assert cli.enable_compile_cache("") is None
+  assert parallel.enable_compile_cache("") is None
   assert jax.config.jax_compilation_cache_dir is None
 
 
 def test_a_configured_dir_wins_over_the_flag(no_cache_dir, tmp_path):
   # JAX_COMPILATION_CACHE_DIR in a program's environment arrives this way.
   jax.config.update("jax_compilation_cache_dir", str(tmp_path / "env"))
-  assert cli.enable_compile_cache(str(tmp_path / "flag")) == str(
+  assert parallel.enable_compile_cache(str(tmp_path / "flag")) == str(
     tmp_path / "env"
   )
   assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env")
@@ -80,4 +80,6 @@ def test_a_configured_dir_wins_over_the_flag(no_cache_dir, tmp_path):
 
 def test_home_is_expanded(no_cache_dir, monkeypatch, tmp_path):
   monkeypatch.setenv("HOME", str(tmp_path))
-  assert cli.enable_compile_cache("~/.cache/x") == str(tmp_path / ".cache/x")
+  assert parallel.enable_compile_cache("~/.cache/x") == str(
+    tmp_path / ".cache/x"
+  )

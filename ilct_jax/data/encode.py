@@ -46,7 +46,7 @@ from absl import flags, logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ilct_jax import cli, parallel, rng, storage
+from ilct_jax import parallel, rng, storage
 from ilct_jax import progress as progress_lib
 from ilct_jax.data import latents, tfds_images
 from ilct_jax.models import autoencoder
@@ -382,7 +382,7 @@ def _main(argv: list[str]) -> None:
   flags_ = flags.FLAGS
   # As main.py: the noise of a key must not depend on the JAX default.
   jax.config.update("jax_threefry_partitionable", True)
-  cli.start_cluster(flags_)
+  parallel.start_cluster(flags_)
   config = flags_["config"].value
   out_dir = flags_.workdir or config.data.latent_dir
   if not out_dir:

@@ -30,7 +30,6 @@ from absl import flags, logging
 from ilct_jax import (
   checkpointing,
   choices,
-  cli,
   parallel,
   reporting,
   sampling,
@@ -276,7 +275,7 @@ def main(argv: list[str]) -> None:
   del argv
   cfg = flags.FLAGS
   jax.config.update("jax_threefry_partitionable", True)
-  cli.start_cluster(cfg)
+  parallel.start_cluster(cfg)
   feats = dataset_reference(
     cfg.config, cfg.stats_out, cfg.features_out, cfg.num
   )
