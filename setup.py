@@ -78,7 +78,7 @@ EXTRAS = {
     "pytest-xdist>=3.5",
   ],
   "parity": PARITY,
-  # notebooks/inspect_checkpoint.ipynb and `ilct_jax.analysis` plots.
+  # notebooks/inspect_checkpoint.ipynb and `ilct_jax.lab.analysis` plots.
   "notebook": NOTEBOOK,
   # epath's fsspec backend for gs:// (EPATH_USE_TF=false), e.g. on GPU
   # machines without TensorFlow's GCS filesystem.
@@ -91,7 +91,7 @@ EXTRAS = {
   # (libtpu, ~700 MB; the version jax 0.10.2's own [tpu] extra pins).
   "preflight": ["libtpu==0.0.42.*"],
   # The same for H100 / H200 nodes: jax's CUDA plugin compiles for a GPU
-  # described in ilct_jax/targets.py with no GPU or NVIDIA library present
+  # described in ilct_jax/lab/targets.py with no GPU or NVIDIA library present
   # (~480 MB). Not for training: use [cuda12] there.
   "preflight-gpu": ["jax-cuda12-plugin>=0.10,<0.11"],
   "cuda12": ["jax[cuda12]>=0.10,<0.11"],

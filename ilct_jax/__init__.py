@@ -3,7 +3,9 @@
 The training core is flat (step, state, consistency, losses, coupling, optim,
 checkpointing, train); subpackages hold the rest: `models` (UNet, SD VAE,
 InceptionV3, converters), `data` (sources, latents, the encode job, tfds
-builders) and `evaluation` (FID, samples, grids). docs/DESIGN.md has the map.
+builders) and `evaluation` (FID, samples, grids); `lab` is the wing of
+measuring and inspecting programs, which the library never imports.
+docs/DESIGN.md has the map.
 """
 
 __version__ = "0.1.0"

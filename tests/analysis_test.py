@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import analysis, checkpointing, consistency, run_config
+from ilct_jax import checkpointing, consistency, run_config
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
+from ilct_jax.lab import analysis
 
 N = 1_000_000
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ilct_jax import analysis, config_files
+from ilct_jax import config_files
+from ilct_jax.lab import analysis
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,8 @@ def test_non_editable_install_in_a_fresh_venv(tmp_path):
   shutil.rmtree(src)  # Nothing may come from the source tree any more.
   code = (
     "import ilct_jax, configs\n"
-    "from ilct_jax import analysis, config_files\n"
+    "from ilct_jax import config_files\n"
+    "from ilct_jax.lab import analysis\n"
     "c = analysis.load_config_file(config_files.resolve('celeba'))\n"
     "print(ilct_jax.__file__, configs.__file__, c.train.batch_size)\n"
   )

@@ -22,8 +22,8 @@ import sys  # noqa: E402
 
 # The host backend is the CPU, and libtpu (the preflight extra) is told the
 # accelerator and worker names so that it asks no metadata server and leaves
-# the machine alone; several workers may load it (ilct_jax/targets.py).
-from ilct_jax import targets  # noqa: E402
+# the machine alone; several workers may load it (ilct_jax/lab/targets.py).
+from ilct_jax.lab import targets  # noqa: E402
 
 targets.offline_environment()
 

@@ -8,7 +8,8 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from scipy.optimize import linear_sum_assignment
 
-from ilct_jax import benchmark, coupling
+from ilct_jax import coupling
+from ilct_jax.lab import benchmark
 
 # Sinkhorn margin (epsilon=0.01, 200 iterations, greedy rounding). Measured on
 # 20 random Gaussian 64 x 4096 batches: total cost above the optimum by at

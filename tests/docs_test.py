@@ -176,7 +176,13 @@ def doc_commands() -> list[tuple[str, int, str, str]]:
 
 
 def _module_file(module: str) -> pathlib.Path:
-  return ROOT / (module.replace(".", "/") + ".py")
+  """The module's file; for a command module that runs another by name
+  (`runpy.run_module`), that one's."""
+  path = ROOT / (module.replace(".", "/") + ".py")
+  if not path.is_file():
+    return path
+  target = re.search(r'run_module\(\s*"([\w.]+)"', path.read_text())
+  return _module_file(target.group(1)) if target else path
 
 
 def _flags_of(module: str) -> set[str]:
@@ -196,7 +202,7 @@ def _config_of(args: str):
   """The config a command uses: its --config file, else the run's default."""
   import importlib
 
-  from ilct_jax import analysis
+  from ilct_jax.lab import analysis
 
   m = re.search(r"--config=(\S+\.py)", args)
   if m and "$" not in m.group(1) and (ROOT / m.group(1)).is_file():

@@ -352,7 +352,7 @@ def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
 
 def test_fig1_reads_an_encoded_latent_set(setup, tmp_path, capsys):
   """`analysis fig1 --source=latents --config=...` on the encoded set."""
-  from ilct_jax import analysis
+  from ilct_jax.lab import analysis
 
   config = setup["config"](setup["ref"])
   run_config.write_config(config, str(tmp_path))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import benchmark
 from ilct_jax.evaluation import features, fid
+from ilct_jax.lab import benchmark
 from ilct_jax.models import convert_inception, inception
 from tests import cluster
 

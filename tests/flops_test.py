@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import flops
 from ilct_jax import state as state_lib
+from ilct_jax.lab import flops
 
 
 def test_dense_and_conv_flops_are_two_per_multiply_add():

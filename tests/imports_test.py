@@ -15,7 +15,7 @@ def _modules() -> list[str]:
 
 def test_all_modules_import_together_in_one_process():
   names = _modules()
-  assert "ilct_jax.main" in names and "ilct_jax.benchmark" in names
+  assert "ilct_jax.main" in names and "ilct_jax.lab.benchmark" in names
   assert "ilct_jax.data.encode" in names and len(names) > 40
   code = (
     "import importlib\n"

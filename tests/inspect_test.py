@@ -1,4 +1,4 @@
-"""`python -m ilct_jax.inspect`: the summary of a real (tiny) run.
+"""`python -m ilct_jax.lab.inspect_run`: the summary of a real (tiny) run.
 
 A module fixture trains the tiny config for 6 steps (checkpoints at 3 and 6,
 one log line per step) and summarizes it once; every number is checked
@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from ilct_jax import checkpointing, consistency, parallel, storage
-from ilct_jax import inspect as run_inspect
 from ilct_jax.evaluation import generate
+from ilct_jax.lab import inspect_run as run_inspect
 from ilct_jax.models import unet
 from tests import cluster, gcs_test
 
@@ -109,7 +109,7 @@ def test_grids_show_the_samples_of_the_training_grids(summary, run_dir):
 def test_cli(run_dir, tmp_path):
   out = str(tmp_path / "cli.png")
   env = cluster.env(devices=1)
-  cmd = [sys.executable, "-m", "ilct_jax.inspect", run_dir, "--num=4"]
+  cmd = [sys.executable, "-m", "ilct_jax.lab.inspect_run", run_dir, "--num=4"]
   proc = subprocess.run(
     [*cmd, f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True
   )

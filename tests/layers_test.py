@@ -100,3 +100,21 @@ def test_the_check_sees_an_upward_import(tmp_path):
   )
   assert _imports(source) == {"train", "models/unet"}
   assert _layers()["train"] > _layers()["models"]
+
+
+def test_the_library_never_imports_the_lab():
+  """Only the lab itself imports lab modules; the two command modules run
+  theirs by name (runpy) and import nothing of the package."""
+  layers = _layers()
+  lab_layer = layers["lab"]
+  modules = _module_names()
+  assert {"lab/preflight", "lab/benchmark", "lab/inspect_run"} <= set(modules)
+  for name in ("preflight", "benchmark"):
+    assert layers[name] == lab_layer
+    assert _imports(modules[name]) == set(), name
+    assert f'"ilct_jax.lab.{name}"' in modules[name].read_text()
+  library = {m for m in modules if layers[_placed(m, layers)] < lab_layer}
+  assert "train" in library and "models/unet" in library
+  for name in sorted(library):
+    lab = [t for t in _imports(modules[name]) if t.startswith("lab")]
+    assert not lab, f"{name} imports the lab: {lab}"

@@ -52,7 +52,8 @@ def test_open_and_sample_a_run_without_tf_tfds_ott_clu(run_dir, tmp_path):
   r = _run(
     f"""
     import sys
-    from ilct_jax import checkpointing, sampling, inspect
+    from ilct_jax import checkpointing, sampling
+    from ilct_jax.lab import inspect_run
     from ilct_jax.models import vae, autoencoder
     from ilct_jax.evaluation import generate
     opened = checkpointing.load_run({workdir!r}, what="ema")
@@ -104,8 +105,9 @@ def test_notebook_requirements_cover_the_lean_path(run_dir, tmp_path):
     import importlib.metadata as md, re, sys
     import jax, matplotlib
     matplotlib.use("Agg")
-    from ilct_jax import analysis, checkpointing, parallel, sampling
-    from ilct_jax import inspect as run_inspect
+    from ilct_jax import checkpointing, parallel, sampling
+    from ilct_jax.lab import analysis
+    from ilct_jax.lab import inspect_run as run_inspect
     from ilct_jax.evaluation import generate, image_io
     from ilct_jax.models import autoencoder, unet, vae
     mesh = parallel.make_mesh(jax.devices()[:1])

@@ -17,16 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ilct_jax import (
-  compiled_cost,
-  kernels,
-  parallel,
-  preflight,
-  target_programs,
-  targets,
-)
+from ilct_jax import kernels, parallel
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
+from ilct_jax.lab import compiled_cost, preflight, target_programs, targets
 from ilct_jax.models import attention, norms
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -314,7 +308,7 @@ def test_an_impossible_batch_is_refused_in_one_line():
   cmd = [
     sys.executable,
     "-m",
-    "ilct_jax.preflight",
+    "ilct_jax.lab.preflight",
     "--config=configs/tiny.py",
     "--topology=v5e-8",
     "--programs=train",
@@ -405,7 +399,7 @@ def test_batch_search_stops_at_the_resolution(monkeypatch, tiny_config):
 
 def test_scaling_row_resumes_from_its_compiles(monkeypatch, tmp_path):
   """A row stopped after two compiles resumes without redoing them."""
-  from ilct_jax import scaling_table
+  from ilct_jax.lab import scaling_table
 
   gib = preflight.GIB
   calls, stop_after = [], [2]
@@ -505,7 +499,7 @@ def test_scaling_row_never_takes_a_refused_batch_as_fitting(
   v5e's 15.75 usable): a refused batch in the compiles file stays refused."""
   import json
 
-  from ilct_jax import scaling_table
+  from ilct_jax.lab import scaling_table
 
   gib = preflight.GIB
   sidecar = tmp_path / "rows.compiles.jsonl"

@@ -28,9 +28,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ilct_jax import benchmark, coupling, flops, parallel  # noqa: E402
+from ilct_jax import coupling, parallel  # noqa: E402
 from ilct_jax import state as state_lib  # noqa: E402
 from ilct_jax import step as step_lib  # noqa: E402
+from ilct_jax.lab import benchmark, flops  # noqa: E402
 
 
 def _config(small: bool, batch: int | None):

@@ -7,11 +7,12 @@ curriculum stages (ALGORITHM.md §6), their plots, and the readers of a run's
 files that inspect.py and the notebook share: `read_scalars` (TensorBoard
 scalars) and `load_config_file`.
 
-  python -m ilct_jax.analysis fig1 --source=digits          # pixels
-  python -m ilct_jax.analysis fig1 --source=latents --config=configs/celeba.py
-  python -m ilct_jax.analysis fig1 --npz=FILE [--key=NAME]  # any array
-  python -m ilct_jax.analysis fig1 --workdir=WORKDIR        # TD residuals
-  python -m ilct_jax.analysis fig4 WORKDIR                  # c(N) vs td_std
+  python -m ilct_jax.lab.analysis fig1 --source=digits          # pixels
+  python -m ilct_jax.lab.analysis fig1 --source=latents \
+      --config=configs/celeba.py
+  python -m ilct_jax.lab.analysis fig1 --npz=FILE [--key=NAME]  # any array
+  python -m ilct_jax.lab.analysis fig1 --workdir=WORKDIR        # TD residuals
+  python -m ilct_jax.lab.analysis fig4 WORKDIR                  # c(N) vs td_std
 
 Fig. 1: latents have impulsive outliers (kurtosis far above 3), pixels not.
 Fig. 4: c(N) follows the scale of the TD residual f(x_t, t) - f(x_r, r).
@@ -466,7 +467,7 @@ def quiet_logs() -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line (see the module docstring)."""
-  p = argparse.ArgumentParser(prog="python -m ilct_jax.analysis")
+  p = argparse.ArgumentParser(prog="python -m ilct_jax.lab.analysis")
   sub = p.add_subparsers(dest="figure", required=True)
   f1 = sub.add_parser("fig1", help="outlier statistics (data or residuals)")
   f1.add_argument("--source", default="", choices=("", "digits", "latents"))

@@ -1,4 +1,4 @@
-"""A run at a glance, from its workdir alone: `python -m ilct_jax.inspect`.
+"""A run at a glance, from its workdir alone (`ilct_jax.lab.inspect_run`).
 
 Owns the run summary of the command line and the notebook: checkpoints on
 disk (and damaged ones), the config's differences from a base config, the
@@ -7,8 +7,8 @@ count, the curriculum stage N and robust-loss scale c of the last update, the
 last logged metrics and a PNG of 1-step and 2-step samples (the event files
 and config files are read through analysis.py).
 
-  python -m ilct_jax.inspect WORKDIR [--base=configs/default.py] [--out=PNG]
-      [--ema=D] [--num=16]
+  python -m ilct_jax.lab.inspect_run WORKDIR [--base=configs/default.py] \
+      [--out=PNG] [--ema=D] [--num=16]
 
 The state is restored on ONE device (abstract target, nothing initialised),
 so the summary works on any host that can read the workdir (local or gs://).
@@ -24,15 +24,10 @@ import ml_collections
 import numpy as np
 
 import ilct_jax
-from ilct_jax import (
-  analysis,
-  checkpointing,
-  consistency,
-  parallel,
-  storage,
-)
+from ilct_jax import checkpointing, consistency, parallel, storage
 from ilct_jax import state as state_lib
 from ilct_jax.evaluation import generate, image_io
+from ilct_jax.lab import analysis
 
 ABSENT = "<absent>"  # A field one of the two configs does not have.
 
@@ -249,7 +244,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
   """The command line (see the module docstring)."""
-  p = argparse.ArgumentParser(prog="python -m ilct_jax.inspect")
+  p = argparse.ArgumentParser(prog="python -m ilct_jax.lab.inspect_run")
   p.add_argument("workdir", help="run directory (local or gs://)")
   p.add_argument("--base", default=None, help="config to diff against")
   p.add_argument("--out", default=None, help="PNG of the sample grids")

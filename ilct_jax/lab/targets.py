@@ -191,7 +191,7 @@ def devices(name: str, num_slices: int = 1) -> list:
     hint = (
       "install the preflight extra: pip install -e '.[preflight]'"
       if "libtpu" not in str(e) or "not found" in str(e).lower()
-      else "call ilct_jax.targets.offline_environment() before importing jax"
+      else "call ilct_jax.lab.targets.offline_environment() before jax"
     )
     raise RuntimeError(
       f"cannot describe {name} ({str(e).splitlines()[0]}); {hint}"

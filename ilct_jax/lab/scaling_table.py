@@ -1,12 +1,12 @@
 """docs/SCALING.md's preflight table: paper configs x TPU slices x dtypes.
 
-  python -m ilct_jax.scaling_table --results=docs/preflight_results.jsonl \
+  python -m ilct_jax.lab.scaling_table --results=docs/preflight_results.jsonl \
       [--configs=celeba,...] [--topologies=v4-8,...] [--dtypes=float32,...]
 
 For each (config, topology, dtype) it compiles the train step at the paper
 batch and finds the largest batch that fits (`preflight.batch_search`: two
 compiles and a line, confirmed by one more; to within 1/16 where the line
-misleads), with `ilct_jax.preflight`'s functions. Each finished row is
+misleads), with `ilct_jax.lab.preflight`'s functions. Each finished row is
 appended to the results file at once (one JSON line), and every compile's
 figures to `<results>.compiles.jsonl` as soon as it is measured, so the
 command resumes where it was stopped: only the compile that was running is
@@ -17,10 +17,10 @@ memory: run one at a time on a 24 GB machine.
 
 import sys
 
-from ilct_jax import targets
+from ilct_jax.lab import targets
 
 if __name__ == "__main__":
-  targets.offline_environment()  # Before jax: see ilct_jax/targets.py.
+  targets.offline_environment()  # Before jax: see ilct_jax/lab/targets.py.
 
 import json
 import os
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import jax
 
-from ilct_jax import analysis, preflight, target_programs
+from ilct_jax.lab import analysis, preflight, target_programs
 
 CONFIGS = ("celeba", "lsun_church", "ffhq", "ilct_baseline")
 TOPOLOGIES = ("v4-8", "v4-32", "v5e-8", "v5p-8", "v6e-8")
@@ -36,7 +36,7 @@ DTYPES = ("float32", "bfloat16")
 # The largest batch to within 1/16: each compile of a paper step takes
 # minutes, and bf16 memory is so flat that the line's first guess is far.
 RESOLUTION = 1 / 16
-_ROOT = Path(__file__).resolve().parents[1] / "configs"
+_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 
 def read(path: str) -> dict[tuple, dict]:

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ilct_jax import analysis, parallel, train
+from ilct_jax import parallel, train
 from ilct_jax import state as state_lib
+from ilct_jax.lab import analysis
 
 # Dense (no sparsity) peak TFLOP/s per chip by matmul dtype. "float32" is
 # what a float32 matmul runs at under JAX's default precision: TF32 tensor
@@ -238,7 +239,7 @@ def project_paper_runs(achieved_flops: float) -> dict[str, dict]:
   steps * batch * model FLOPs per example / achieved FLOP/s, i.e. steps /
   (steps/s) if the paper batch ran at the measured FLOP rate.
   """
-  root = Path(__file__).resolve().parents[1] / "configs"
+  root = Path(__file__).resolve().parents[2] / "configs"
   rows = {}
   for name, (file, examples) in PAPER_RUNS.items():
     config = analysis.load_config_file(str(root / file))

@@ -3,11 +3,11 @@
 Each `compile_*` lowers and compiles one program the run would compile
 (the train step, the 1-/2-step samplers with VAE decode, the latent encoder
 step, the FID feature step) for a mesh of compile-only devices
-(`ilct_jax.targets`), from abstract shapes only: nothing is allocated.
+(`ilct_jax.lab.targets`), from abstract shapes only: nothing is allocated.
 `measure` compiles the named programs and returns their compiled cost
-(`ilct_jax.compiled_cost`) and compile seconds; where XLA:TPU itself
+(`ilct_jax.lab.compiled_cost`) and compile seconds; where XLA:TPU itself
 refuses a program for lack of HBM, that refusal becomes the figures.
-`ilct_jax.preflight` judges and reports them.
+`ilct_jax.lab.preflight` judges and reports them.
 """
 
 import re
@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ilct_jax import compiled_cost, parallel, sampling, targets, train
+from ilct_jax import parallel, sampling, train
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.evaluation import samples
+from ilct_jax.lab import compiled_cost, targets
 from ilct_jax.models import autoencoder, inception
 from ilct_jax.models import vae as vae_lib
 
