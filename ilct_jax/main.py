@@ -28,7 +28,7 @@ from ilct_jax import (
   reporting,
   train,
 )
-from ilct_jax.evaluation import evaluate, generate, sweep
+from ilct_jax.evaluation import evaluate, sweep, write_samples
 
 MODES = ("train", "sample", "eval", "sweep")
 FLAGS = flags.FLAGS
@@ -60,7 +60,7 @@ def main(argv):
       logging.warning("%s", e)
       sys.exit(preemption.EXIT_PREEMPTED)
   elif FLAGS.mode == "sample":
-    generate.run(config, workdir)
+    write_samples.run(config, workdir)
   elif FLAGS.mode == "sweep":
     sweep.run(config, workdir)
   else:

@@ -10,7 +10,7 @@ level (the per-sample values come out of the jitted step). Once: the config as
 hparams (a readable multi-line block on the console, not one long line), a
 parameter overview, the step's compile time and memory. Progress and ETA count
 training time only: sample grids, checkpoints and FID run inside
-`Progress.timed` and are excluded from the rate, as they are from the
+`TrainProgress.timed` and are excluded from the rate, as they are from the
 remaining work.
 """
 
@@ -185,7 +185,7 @@ def write_window(
 def _progress_class():
   from clu import periodic_actions  # Lazy: imports TensorFlow.
 
-  class Progress(periodic_actions.ReportProgress):
+  class TrainProgress(periodic_actions.ReportProgress):
     """clu's ReportProgress with rate and ETA over training time only.
 
     Time spent in `timed(...)` blocks (sample grids, checkpoints, FID) is
@@ -227,7 +227,7 @@ def _progress_class():
           },
         )
 
-  return Progress
+  return TrainProgress
 
 
 class _Silent:

@@ -3,7 +3,7 @@
 `train_and_evaluate` wires the pieces owned elsewhere: config checks, the mesh
 (parallel.py) and jitted step (step.py), the verified restore
 (checkpointing.py), input (data/pipeline.py), sample grids
-(evaluation/generate.py), FID during training (evaluation/evaluate.py) and
+(evaluation/write_samples.py), FID during training (evaluation/evaluate.py) and
 clu metric writers (imported lazily: they pull in TensorFlow).
 
 Start-up order: checks, run facts, restore of the newest verified checkpoint
@@ -34,7 +34,8 @@ from ilct_jax import (
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import pipeline
-from ilct_jax.evaluation import evaluate, generate, image_io
+from ilct_jax.evaluation import evaluate, image_files
+from ilct_jax.evaluation import write_samples as sample_files
 
 Metrics = dict[str, Any]
 
@@ -96,15 +97,15 @@ class _Compiled:
 def write_samples(config, state, writers, workdir: str, step: int) -> None:
   """1-step and 2-step sample grids to TensorBoard and workdir/samples."""
   params = state.ema(config.sample.ema_decay)
-  samples = generate.sample_images(config, params, config.sample.num)
+  samples = sample_files.sample_images(config, params, config.sample.num)
   for name, (_, images) in samples.items():
     if images is None:
       continue
-    grid = image_io.make_grid(images)
+    grid = image_files.make_grid(images)
     writers.all.write_images(step, {f"samples/{name}": grid[None]})
     if jax.process_index() == 0:
       path = storage.join(workdir, "samples", f"{name}_{step:08d}.png")
-      generate.write_grid(path, images)
+      sample_files.write_grid(path, images)
 
 
 def create_writer(workdir: str, config=None) -> reporting.Writers:

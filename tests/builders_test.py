@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax.data import build, image_ops, tfds_images
+from ilct_jax.data import build, image_prep, tfds_images
 from ilct_jax.data.builders import image_folder
 
 SIZE = 16
@@ -55,37 +55,37 @@ def built(tmp_path_factory):
 
 def test_center_crop_takes_the_central_square():
   image = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-  out = image_ops.center_crop_resize(image, 4)
+  out = image_prep.center_crop_resize(image, 4)
   np.testing.assert_array_equal(out, image[:, 1:5])
   tall = image.transpose(1, 0, 2)  # 6 x 4: rows 1..4 are central.
   np.testing.assert_array_equal(
-    image_ops.center_crop_resize(tall, 4), tall[1:5]
+    image_prep.center_crop_resize(tall, 4), tall[1:5]
   )
 
 
 def test_resize_is_antialiased_bicubic_and_range_is_signed():
   # A constant image stays constant through crop + resize + mapping.
   image = np.full((40, 30, 3), 51, np.uint8)
-  out = image_ops.preprocess(image, 8)
+  out = image_prep.preprocess(image, 8)
   assert out.shape == (8, 8, 3) and out.dtype == np.float32
   np.testing.assert_allclose(out, 51 / 127.5 - 1.0, atol=1e-6)
   np.testing.assert_array_equal(
-    image_ops.to_signed(np.array([0, 255], np.uint8)), [-1.0, 1.0]
+    image_prep.to_signed(np.array([0, 255], np.uint8)), [-1.0, 1.0]
   )
 
 
 def test_grayscale_and_alpha_become_rgb():
   gray = np.arange(16, dtype=np.uint8).reshape(4, 4)
-  rgb = image_ops.center_crop_resize(gray, 4)
+  rgb = image_prep.center_crop_resize(gray, 4)
   assert rgb.shape == (4, 4, 3)
   np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
   rgba = np.zeros((4, 4, 4), np.uint8)
-  assert image_ops.center_crop_resize(rgba, 4).shape == (4, 4, 3)
+  assert image_prep.center_crop_resize(rgba, 4).shape == (4, 4, 3)
 
 
 def test_small_image_is_refused_with_one_line():
   with pytest.raises(ValueError) as e:
-    image_ops.center_crop_resize(np.zeros((10, 12, 3), np.uint8), 16)
+    image_prep.center_crop_resize(np.zeros((10, 12, 3), np.uint8), 16)
   msg = str(e.value)
   assert "12x10" in msg and "smaller than the target 16x16" in msg
   assert "\n" not in msg
@@ -100,17 +100,17 @@ def test_flip_doubling_appends_mirrors():
   assert array.shape == (6, 8, 8, 3)
   x = array[np.arange(6)]
   np.testing.assert_array_equal(x[3:], x[:3, :, ::-1])
-  np.testing.assert_array_equal(x[0], image_ops.to_signed(base[0]["image"]))
+  np.testing.assert_array_equal(x[0], image_prep.to_signed(base[0]["image"]))
   with pytest.raises(IndexError):
     array[[6]]
 
 
 def test_corrupt_files_are_detected(tmp_path):
   names = _write_folder(str(tmp_path), n=1)
-  assert image_ops.load_image(str(tmp_path / names["garbage"])) is None
-  assert image_ops.read_size(str(tmp_path / "truncated.png")) == (32, 32)
-  assert image_ops.load_image(str(tmp_path / "truncated.png")) is None
-  gray = image_ops.load_image(str(tmp_path / names["gray"]))
+  assert image_prep.load_image(str(tmp_path / names["garbage"])) is None
+  assert image_prep.read_size(str(tmp_path / "truncated.png")) == (32, 32)
+  assert image_prep.load_image(str(tmp_path / "truncated.png")) is None
+  gray = image_prep.load_image(str(tmp_path / names["gray"]))
   assert gray.shape == (18, 18, 3)
 
 
@@ -137,8 +137,8 @@ def test_folder_builder_stores_preprocessed_images_in_path_order(built):
   for i, name in enumerate(names):
     image = src[i]["image"]
     assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
-    raw = image_ops.load_image(os.path.join(built["images"], name))
-    want = image_ops.center_crop_resize(raw, SIZE)
+    raw = image_prep.load_image(os.path.join(built["images"], name))
+    want = image_prep.center_crop_resize(raw, SIZE)
     np.testing.assert_array_equal(image, want)  # PNG storage is lossless.
   gray = src[names.index("sub/gray.png")]["image"]
   np.testing.assert_array_equal(gray[..., 0], gray[..., 1])

@@ -373,7 +373,7 @@ def test_a_run_from_an_earlier_version_samples_and_resumes(
   default head_channels (64, so 64 channels): a dropped field takes its
   default, so the run must have used it."""
   from configs import tiny
-  from ilct_jax.evaluation import generate
+  from ilct_jax.evaluation import write_samples
 
   config = tiny.get_config()
   config.model.model_channels = config.model.head_channels = 64
@@ -392,7 +392,7 @@ def test_a_run_from_an_earlier_version_samples_and_resumes(
   assert config.coupling.group_size is None  # The step reads the scope.
   assert config.coupling.scope == "auto"
   assert config.train.batch_size == saved["train"]["batch_size"]
-  written = generate.run(config, workdir)
+  written = write_samples.run(config, workdir)
   assert written and all(os.path.exists(p) for p in written.values())
   # Resume from the old run's step-3 checkpoint to its last step, 6.
   train.train_and_evaluate(config, workdir)

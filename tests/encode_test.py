@@ -12,7 +12,7 @@ from PIL import Image
 from ilct_jax import parallel, rng, run_config, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import build, encode, latents, pipeline, tfds_images
-from ilct_jax.evaluation import generate, image_io
+from ilct_jax.evaluation import image_files, write_samples
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
 from tests.cluster import Cluster
@@ -306,12 +306,12 @@ def _train_sample_decode(config, tmp_path) -> None:
     batches.close()
   assert int(jax.device_get(state.step)) == 3
   assert np.isfinite(float(metrics["loss"]))
-  samples = generate.sample_images(config, state.ema(0.9), num=4)
+  samples = write_samples.sample_images(config, state.ema(0.9), num=4)
   for name, (_, grid) in samples.items():
     assert grid.shape == (4, 16, 16, 3) and grid.dtype == np.uint8, name
     path = str(tmp_path / f"{name}.png")
-    tiles = image_io.make_grid(grid)
-    image_io.save_png(path, tiles)
+    tiles = image_files.make_grid(grid)
+    image_files.save_png(path, tiles)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), tiles)
 
 

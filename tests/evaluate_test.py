@@ -1,4 +1,4 @@
-"""Evaluation end to end on the tiny config (evaluate.py, samples.py).
+"""Evaluation end to end on the tiny config (evaluate.py, fid_samples.py).
 
 A random InceptionV3 is saved in the converter's format and the reference is
 the first 64 digits through the eval path. pytorch-fid resizes to 299; here
@@ -25,7 +25,13 @@ from PIL import Image
 from ilct_jax import checkpointing, parallel, rng, sampling, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
-from ilct_jax.evaluation import evaluate, features, fid, image_io, samples
+from ilct_jax.evaluation import (
+  evaluate,
+  features,
+  fid,
+  fid_samples,
+  image_files,
+)
 from ilct_jax.models import convert_inception, inception
 
 NUM_REF = 64
@@ -79,7 +85,7 @@ def env(tmp_path_factory):
   mngr.wait_until_finished()
   state = jax.device_put(state, NamedSharding(mesh, P()))  # As in training.
   data = digits.load_digits(config.data.image_size)
-  real = samples.data_features(config, data[:NUM_REF])
+  real = fid_samples.data_features(config, data[:NUM_REF])
   return types.SimpleNamespace(
     config=config,
     workdir=workdir,
@@ -95,7 +101,7 @@ def test_real_vs_real_fid_is_zero_and_matches_host_path(env):
   config = env.config
   # Independent host path: numpy quantization and tiling, then features.
   data = digits.load_digits(config.data.image_size)[:NUM_REF]
-  images = np.repeat(np.asarray(image_io.to_uint8(data)), 3, axis=-1)
+  images = np.repeat(np.asarray(image_files.to_uint8(data)), 3, axis=-1)
   f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
   host = features.extract_features(
     [images[:32], images[32:]], f, 32, None, None
@@ -115,7 +121,7 @@ def test_eval_mode_end_to_end_png_fused(env):
     assert json.load(f) == json.loads(json.dumps(record))
   assert record["step"] == 5 and record["ema_decay"] == 0.9
   real_fid = evaluate.metrics_from_features(config, env.real_feats)["fid"]
-  held_out = samples.data_features(config, env.data[64:96])
+  held_out = fid_samples.data_features(config, env.data[64:96])
   held_out_fid = evaluate.metrics_from_features(config, held_out)["fid"]
   assert abs(real_fid) < 1e-3 < held_out_fid  # Other digits: FID > 0.
   for name, nfe in (("onestep", 1), ("twostep", 2)):
@@ -134,7 +140,7 @@ def test_eval_mode_end_to_end_png_fused(env):
   pngs = sorted(glob.glob(os.path.join(env.workdir, "eval/5/onestep/*")))
   saved = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
   f = features.load_feature_fn(config.eval.inception_path, inception.MIN_SIZE)
-  feats = samples.sample_features(config, env.state.ema(0.9), "onestep", 64)
+  feats = fid_samples.sample_features(config, env.state.ema(0.9), "onestep", 64)
   np.testing.assert_allclose(feats, f(saved), rtol=1e-4, atol=1e-4)
 
 
@@ -155,7 +161,7 @@ def test_paper_protocol_jpeg_uneven_batches(env):
   config.eval.samplers = ("onestep",)
   params = env.state.ema(0.9)
   save_dir = os.path.join(env.workdir, "jpeg")
-  feats = samples.sample_features(config, params, "onestep", 40, save_dir)
+  feats = fid_samples.sample_features(config, params, "onestep", 40, save_dir)
   jpgs = sorted(glob.glob(os.path.join(save_dir, "*")))
   assert len(jpgs) == 40 and jpgs[-1].endswith("000039.jpg")
   assert feats.shape == (40, 2048)
@@ -196,7 +202,7 @@ def _onestep_uint8(config, params, rounding):
   key = jax.random.fold_in(rng.stream(config.eval.seed, "eval"), 0)
   x = gen(params, jax.random.fold_in(key, 0))
   del mesh
-  u8 = np.asarray(image_io.to_uint8(x, rounding))
+  u8 = np.asarray(image_files.to_uint8(x, rounding))
   return np.repeat(u8, 3, axis=-1).astype(int)
 
 
@@ -212,12 +218,12 @@ def test_train_time_fid_logs_and_reuses_compiled_functions(env):
   first = evaluate.train_time_fid(env.config, env.state, 7, writer)
   misses = (
     features.load_feature_fn.cache_info().misses,
-    samples._program.cache_info().misses,
+    fid_samples._program.cache_info().misses,
   )
   second = evaluate.train_time_fid(env.config, env.state, 8, writer)
   assert misses == (
     features.load_feature_fn.cache_info().misses,
-    samples._program.cache_info().misses,
+    fid_samples._program.cache_info().misses,
   )
   keys = {
     f"train_eval/{m}_{s}"

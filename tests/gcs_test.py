@@ -30,8 +30,8 @@ import numpy as np
 import pytest
 
 from ilct_jax import checkpointing, parallel, run_config, storage, train
-from ilct_jax.data import image_ops, latents
-from ilct_jax.evaluation import fid, generate, image_io
+from ilct_jax.data import image_prep, latents
+from ilct_jax.evaluation import fid, image_files, write_samples
 from ilct_jax.models import vae as vae_lib
 from tests import cli_config, cluster
 from tests.cluster import Cluster
@@ -142,12 +142,12 @@ def test_every_file_kind_round_trips_through_gs(gcs, tmp_path):
   assert latents.vae_fingerprint(f"{root}/vae").startswith("sha256:")
   # A folder of images (walked recursively) and a PNG grid.
   grid = np.full((4, 4, 3), 200, np.uint8)
-  image_io.save_png(f"{root}/images/a/one.png", grid)
-  image_io.save_png(f"{root}/images/two.png", grid)
-  assert image_ops.list_images(f"{root}/images") == ["a/one.png", "two.png"]
-  assert image_ops.read_size(f"{root}/images/two.png") == (4, 4)
+  image_files.save_png(f"{root}/images/a/one.png", grid)
+  image_files.save_png(f"{root}/images/two.png", grid)
+  assert image_prep.list_images(f"{root}/images") == ["a/one.png", "two.png"]
+  assert image_prep.read_size(f"{root}/images/two.png") == (4, 4)
   np.testing.assert_array_equal(
-    image_ops.load_image(f"{root}/images/a/one.png"), grid
+    image_prep.load_image(f"{root}/images/a/one.png"), grid
   )
   # A remote file is staged once to the local cache for ArrayRecord.
   os.environ[storage.CACHE_ENV] = str(tmp_path / "cache")
@@ -203,7 +203,7 @@ def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
     cli_config.parse(args[:1] + args[2:]), workdir, mesh=mesh
   )
   assert restored == [2]
-  generate.run(run_config.read_config(workdir), workdir)
+  write_samples.run(run_config.read_config(workdir), workdir)
   objects = _objects("run")
   assert "run/config.json" in objects
   steps = {p.split("/")[2] for p in objects if p.startswith("run/checkpoints/")}

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from ilct_jax import checkpointing, consistency, parallel, storage
-from ilct_jax.evaluation import generate
+from ilct_jax.evaluation import write_samples
 from ilct_jax.lab import inspect_run as run_inspect
 from ilct_jax.models import unet
 from tests import cluster, gcs_test
@@ -92,16 +92,16 @@ def test_grids_png(summary):
   for images in summary["batches"].values():
     assert images.shape == (16, 8, 8, 1) and images.dtype == np.uint8
   # Two 4x4 grids of 8x8 tiles with 1-pixel gutters (37 px), a 2-pixel gap,
-  # upscaled 16x (generate.write_grid's 128 // 8).
+  # upscaled 16x (write_samples.write_grid's 128 // 8).
   with Image.open(summary["png"]) as img:
     assert img.size == ((37 + 2 + 37) * 16, 37 * 16)
 
 
 def test_grids_show_the_samples_of_the_training_grids(summary, run_dir):
-  # generate.sample_images (training grids, --mode=sample) on all 8 devices
+  # write_samples.sample_images (training grids, --mode=sample) on all 8 devices
   # draws the same samples as the one-device grids of the summary.
   run = checkpointing.load_run(run_dir, what="ema", ema_decay=0.9)
-  want = generate.sample_images(run.config, run.params, 16)
+  want = write_samples.sample_images(run.config, run.params, 16)
   for name, (_, images) in want.items():
     np.testing.assert_array_equal(summary["batches"][name], images)
 

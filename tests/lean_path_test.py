@@ -55,9 +55,9 @@ def test_open_and_sample_a_run_without_tf_tfds_ott_clu(run_dir, tmp_path):
     from ilct_jax import checkpointing, sampling
     from ilct_jax.lab import inspect_run
     from ilct_jax.models import vae, autoencoder
-    from ilct_jax.evaluation import generate
+    from ilct_jax.evaluation import write_samples
     opened = checkpointing.load_run({workdir!r}, what="ema")
-    out = generate.sample_images(opened.config, opened.params, 4)
+    out = write_samples.sample_images(opened.config, opened.params, 4)
     assert set(out) == set(sampling.samplers(opened.config)), out.keys()
     sys.argv = ["main", "--workdir={workdir}", "--mode=sample",
                 "--config.sample.num=4"]
@@ -108,12 +108,12 @@ def test_notebook_requirements_cover_the_lean_path(run_dir, tmp_path):
     from ilct_jax import checkpointing, parallel, sampling
     from ilct_jax.lab import analysis
     from ilct_jax.lab import inspect_run as run_inspect
-    from ilct_jax.evaluation import generate, image_io
+    from ilct_jax.evaluation import write_samples, image_files
     from ilct_jax.models import autoencoder, unet, vae
     mesh = parallel.make_mesh(jax.devices()[:1])
     run = checkpointing.load_run({run_dir!r}, what="ema", mesh=mesh)
     run_inspect.format_summary(run_inspect.summarize({run_dir!r}, num=0))
-    generate.sample_images(run.config, run.params, 2)
+    write_samples.sample_images(run.config, run.params, 2)
     dists = md.packages_distributions()
     tops = {{m.split(".")[0] for m in list(sys.modules)}}
     used = {{d for t in tops for d in dists.get(t, [])}}

@@ -7,7 +7,7 @@ import pytest
 
 from configs import default
 from ilct_jax import consistency, sampling
-from ilct_jax.evaluation import image_io
+from ilct_jax.evaluation import image_files
 
 
 class Counting:
@@ -65,14 +65,14 @@ def test_one_step():
 
 def test_to_uint8_and_grid():
   imgs = jnp.array([-1.0, -0.5, 0.0, 1.0, 2.0]).reshape(5, 1, 1, 1)
-  u8 = np.asarray(image_io.to_uint8(imgs))
+  u8 = np.asarray(image_files.to_uint8(imgs))
   assert u8.ravel().tolist() == [0, 64, 128, 255, 255]
   tiles = np.arange(1, 6, dtype=np.uint8)[:, None, None, None] * np.ones(
     (5, 2, 3, 1), np.uint8
   )
-  grid = image_io.make_grid(tiles, pad=1, fill=0)
+  grid = image_files.make_grid(tiles, pad=1, fill=0)
   # 2 rows x 3 cols of 2x3 tiles with 1-pixel gutters; row-major order.
   assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 1)
   assert grid[1, 1, 0] == 1 and grid[1, 5, 0] == 2 and grid[4, 1, 0] == 4
   assert grid.sum() == sum(k * 6 for k in range(1, 6))
-  assert image_io.make_grid(tiles, pad=0).shape == (4, 9, 1)
+  assert image_files.make_grid(tiles, pad=0).shape == (4, 9, 1)

@@ -14,7 +14,7 @@ from ilct_jax import checkpointing, config_checks, integrity, parallel, train
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import digits, pipeline
-from ilct_jax.evaluation import generate
+from ilct_jax.evaluation import write_samples
 
 
 def test_crash_then_resume_is_bit_identical(
@@ -54,7 +54,7 @@ def test_crash_then_resume_is_bit_identical(
   mngr.close()
 
   # --mode=sample from the same workdir writes grids and arrays.
-  written = generate.run(tiny_config, workdir)
+  written = write_samples.run(tiny_config, workdir)
   for name in ("onestep", "twostep"):
     assert os.path.exists(written[name])
     with np.load(written[name].replace(".png", ".npz")) as f:

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
-from ilct_jax.evaluation import image_io
+from ilct_jax.evaluation import image_files
 from ilct_jax.models import autoencoder, convert_vae
 from ilct_jax.models import vae as vae_lib
 from tests import references
@@ -244,6 +244,6 @@ def test_to_uint8_rounds_like_save_image():
   images = jnp.array([-2.0, -1.0, 0.0, 1.0, 3.0, 2 * 100.2 / 255 - 1])
   # (x + 1) / 2 * 255 -> [-127.5, 0, 127.5, 255, 510, 100.2], rounded, clipped.
   np.testing.assert_array_equal(
-    image_io.to_uint8(images), [0, 0, 128, 255, 255, 100]
+    image_files.to_uint8(images), [0, 0, 128, 255, 255, 100]
   )
-  assert image_io.to_uint8(images).dtype == jnp.uint8
+  assert image_files.to_uint8(images).dtype == jnp.uint8

@@ -2,7 +2,7 @@
 
 pipeline     sources -> per-process rows -> global arrays on the mesh
 digits       the built-in demo data (pixel mode)
-image_ops    pure image operations (decode, crop, resize, scale, flip)
+image_prep   pure image operations (decode, crop, resize, scale, flip)
 tfds_images  built tfds image splits, read by random access
 latents      encoded latents: normalization, statistics, on-disk format
 encode       the offline job that encodes an image split into latents

@@ -5,8 +5,8 @@
 
 reads the tfds image split `data.name`:`data.split` (built with
 `ilct_jax.data.build`), preprocesses each image to 8 * data.image_size
-pixels (data/image_ops.py; with `data.flip_double` the mirrors are added as rows
-N..2N-1), encodes it with the VAE at `vae.path`, and stores
+pixels (data/image_prep.py; with `data.flip_double` the mirrors are added
+as rows N..2N-1), encodes it with the VAE at `vae.path`, and stores
 `posterior.sample() * 0.18215` (ALGORITHM.md §10) in the format of
 latents.py, plus the per-element mean/std of stored / 0.18215 over the
 whole set (unbiased std, NHWC) in stats.npz. The output directory is

@@ -4,7 +4,7 @@
 `python -m ilct_jax.data.build`), so any example can be read by index
 and each process reads only the rows it consumes. `ImageArray` turns such a
 split into a lazy [N, S, S, 3] float32 array in [-1, 1] through the pure image
-operations of `image_ops` (crop, resize, scale, flip doubling). tfds (and with
+operations of `image_prep` (crop, resize, scale, flip doubling). tfds (and with
 it TensorFlow) is imported only inside the functions that need it.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from ilct_jax.data import image_ops
+from ilct_jax.data import image_prep
 
 _READ_THREADS = 8  # PIL decoding releases the GIL: decode a batch in threads.
 
@@ -42,7 +42,7 @@ class ImageArray:
     example = self.source[int(index)]
     image = example["image"] if isinstance(example, dict) else example
     try:
-      return image_ops.preprocess(image, self.size, flip)
+      return image_prep.preprocess(image, self.size, flip)
     except ValueError as e:
       raise ValueError(f"example {int(index)} of the image split: {e}") from e
 
@@ -50,7 +50,7 @@ class ImageArray:
     indices = np.asarray(indices, np.int64).reshape(-1)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"image index out of range [0, {len(self)})")
-    base, flip = image_ops.flip_index(indices, self.base)
+    base, flip = image_prep.flip_index(indices, self.base)
     rows = self._pool.map(self._one, base.tolist(), flip.tolist())
     out = np.empty((len(indices), *self.shape[1:]), np.float32)
     for i, row in enumerate(rows):

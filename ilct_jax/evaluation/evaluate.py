@@ -4,7 +4,7 @@ The protocol (ALGORITHM.md §14, §15; docs/EVAL.md): `eval.num_samples`
 samples per sampler from one EMA (seed `eval.seed`), decoded and quantized
 as `eval.protocol` says (`paper`: truncation and JPEG-75, as the authors
 measured; `png`: rounding, lossless), InceptionV3 pool3 features
-(pytorch-fid's network and input path; evaluation/samples.py), FID against
+(pytorch-fid's network and input path; evaluation/fid_samples.py), FID against
 reference statistics and k = 3 precision/recall against reference
 features. Output: WORKDIR/eval/metrics_<step>.json and TensorBoard
 `eval/fid_<sampler>` (and precision/recall); during training
@@ -37,7 +37,7 @@ from ilct_jax import (
 )
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
-from ilct_jax.evaluation import fid, image_io, samples
+from ilct_jax.evaluation import fid, fid_samples, image_files
 from ilct_jax.models import inception
 
 PyTree = Any
@@ -96,7 +96,7 @@ def check_eval_config(config: Config) -> None:
   evaluation; eval mode calls it before restoring.
   """
   ev, n = config.eval, jax.device_count()
-  choices.check("eval.protocol", ev.protocol, tuple(image_io.PROTOCOLS))
+  choices.check("eval.protocol", ev.protocol, tuple(image_files.PROTOCOLS))
   known = tuple(sampling.samplers(config))
   if not ev.samplers or any(s not in known for s in ev.samplers):
     raise ValueError(f"eval.samplers={tuple(ev.samplers)} must be in {known}")
@@ -162,7 +162,7 @@ def evaluate_params(
     start, sigmas = time.perf_counter(), sampling.samplers(config)[name]
     logging.info("FID of %s: %d samples, sigmas %s", name, num, sigmas)
     save_dir = storage.join(save_root, name) if save_root else None
-    feats = samples.sample_features(config, params, name, num, save_dir)
+    feats = fid_samples.sample_features(config, params, name, num, save_dir)
     results[name] = metrics_from_features(config, feats)
     results[name].update(
       sigmas=list(sigmas),
@@ -263,7 +263,7 @@ def dataset_reference(
   num = num or data.shape[0]
   if not 2 <= num <= data.shape[0]:
     raise ValueError(f"num={num} must be in [2, {data.shape[0]}] (digits)")
-  feats = samples.data_features(config, data[:num])
+  feats = fid_samples.data_features(config, data[:num])
   fid.save_stats(stats_out, *fid.stats_from_features(feats))
   if features_out:
     storage.save_npy(features_out, feats)

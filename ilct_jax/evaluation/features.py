@@ -24,8 +24,8 @@ import numpy as np
 from absl import flags
 
 from ilct_jax import parallel, storage
-from ilct_jax.data import image_ops
-from ilct_jax.evaluation import fid, image_io
+from ilct_jax.data import image_prep
+from ilct_jax.evaluation import fid, image_files
 from ilct_jax.models import convert_inception, inception
 
 PyTree = Any
@@ -145,7 +145,7 @@ def extract_features(
 
 
 def _load_rgb(path: str) -> np.ndarray:
-  return image_io.decode(storage.read_bytes(path))
+  return image_files.decode(storage.read_bytes(path))
 
 
 def _image_files(folder: str) -> list[str]:
@@ -154,7 +154,7 @@ def _image_files(folder: str) -> list[str]:
     raise FileNotFoundError(
       f"Image folder {folder!r} does not exist; pass a folder of JPG/PNG files."
     )
-  files = image_ops.list_images(folder, IMAGE_EXTENSIONS, recursive=False)
+  files = image_prep.list_images(folder, IMAGE_EXTENSIONS, recursive=False)
   if not files:
     raise ValueError(
       f"Image folder {folder!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files; "

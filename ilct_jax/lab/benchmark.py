@@ -42,7 +42,7 @@ from ilct_jax import consistency, coupling, kernels, parallel, sampling
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.config_files import default_path, resolve_sys_argv
-from ilct_jax.evaluation import features, samples
+from ilct_jax.evaluation import features, fid_samples
 from ilct_jax.lab import flops
 from ilct_jax.models import autoencoder, inception, unet
 from ilct_jax.models import vae as vae_lib
@@ -329,7 +329,7 @@ def time_ot_sizes(dim: int, step_s: float | None) -> dict[str, dict]:
 
 
 def time_eval(config: ml_collections.ConfigDict, repeats: int) -> dict:
-  """Throughput of the fused FID program (samples.sample_program).
+  """Throughput of the fused FID program (fid_samples.sample_program).
 
   One jitted, sharded program per batch: sampler -> SD-VAE decode (latent
   configs; random weights) -> uint8 -> InceptionV3 pool3 (random weights),
@@ -353,7 +353,7 @@ def time_eval(config: ml_collections.ConfigDict, repeats: int) -> dict:
   rows = {}
   for name in config.eval.samplers:
     sigmas = sampling.samplers(config)[name]
-    program = samples.sample_program(config, sigmas, mesh, decode, module)
+    program = fid_samples.sample_program(config, sigmas, mesh, decode, module)
     args = (params, aux, jax.random.key(0), variables)
     first, per_batch = time_calls(program, args, repeats)
     rate = config.eval.batch_size / per_batch

@@ -26,7 +26,7 @@ import numpy as np
 import ilct_jax
 from ilct_jax import checkpointing, consistency, parallel, storage
 from ilct_jax import state as state_lib
-from ilct_jax.evaluation import generate, image_io
+from ilct_jax.evaluation import image_files, write_samples
 from ilct_jax.lab import analysis
 
 ABSENT = "<absent>"  # A field one of the two configs does not have.
@@ -100,21 +100,21 @@ def sample_batches(
 ) -> dict[str, np.ndarray]:
   """{sampler: uint8 [num, H, W, C]}; {} when latents cannot be decoded.
 
-  Same keys as generate.sample_images (the training grids), but on `mesh`
+  Same keys as write_samples.sample_images (the training grids), but on `mesh`
   (default: the first device), where params restored on one device live.
   """
   mesh = parallel.make_mesh(jax.devices()[:1]) if mesh is None else mesh
-  samples = generate.sample_images(config, params, num, mesh)
+  samples = write_samples.sample_images(config, params, num, mesh)
   return {k: v for k, (_, v) in samples.items() if v is not None}
 
 
 def write_grids(path: str, batches: dict[str, np.ndarray]) -> None:
   """The grids of `batches` side by side (black gap) in one PNG."""
-  grids = [image_io.make_grid(b) for b in batches.values()]
+  grids = [image_files.make_grid(b) for b in batches.values()]
   gap = np.zeros((grids[0].shape[0], 2, grids[0].shape[2]), np.uint8)
   parts = [p for g in grids for p in (gap, g)][1:]
   up = max(1, 128 // next(iter(batches.values())).shape[1])
-  image_io.save_png(path, np.concatenate(parts, axis=1), up)
+  image_files.save_png(path, np.concatenate(parts, axis=1), up)
 
 
 def _last_metrics(workdir: str) -> tuple[int | None, dict[str, float]]:

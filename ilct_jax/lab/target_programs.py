@@ -21,7 +21,7 @@ import ml_collections
 from ilct_jax import parallel, sampling, train
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
-from ilct_jax.evaluation import samples
+from ilct_jax.evaluation import fid_samples
 from ilct_jax.lab import compiled_cost, targets
 from ilct_jax.models import autoencoder, inception
 from ilct_jax.models import vae as vae_lib
@@ -83,10 +83,10 @@ def _decoder(config):
 
 
 def compile_sampler(config, mesh, name: str) -> tuple[Any, float]:
-  """`samples.sample_program` (no Inception) for the 'onestep'/'twostep'."""
+  """`fid_samples.sample_program` (no Inception) for the 'onestep'/'twostep'."""
   sigmas = sampling.samplers(config)[name]
   decode, aux = _decoder(config)
-  program = samples.sample_program(config, sigmas, mesh, decode)
+  program = fid_samples.sample_program(config, sigmas, mesh, decode)
   repl = parallel.replicated(mesh)
   params = _abstract(state_lib.abstract_state(config).params, repl)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=repl)

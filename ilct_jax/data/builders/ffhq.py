@@ -3,7 +3,7 @@
 FFHQ ships as 70,000 PNGs in numbered subfolders (images1024x1024/00000/...);
 the builder walks all subfolders, so point --manual_dir at the folder that
 holds them. At size 256 every image is resized from 1024 with an antialiased
-bicubic filter (image_ops.py). ALGORITHM.md §10: ffhq = 70,000.
+bicubic filter (image_prep.py). ALGORITHM.md §10: ffhq = 70,000.
 """
 
 from ilct_jax.data.builders import image_folder

@@ -4,7 +4,7 @@
 is the generic builder, and `celeb_a_hq.py` / `ffhq.py` subclass it with their
 own names and instructions. Each builder config is a square size ("16" ...
 "1024", default "256"): every image is decoded, center-cropped and resized to
-it at build time (image_ops.py), so reading needs no resizing.
+it at build time (image_prep.py), so reading needs no resizing.
 
 The images are searched in `<manual_dir>/<SUBDIR>` if that folder exists, else
 in `<manual_dir>` itself (tfds' manual_dir defaults to
@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from ilct_jax import storage
-from ilct_jax.data import image_ops
+from ilct_jax.data import image_prep
 
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 # Top-level folder names that define splits (validation accepts "val").
@@ -112,9 +112,9 @@ class ImageFolderBuilder(
       raise self._missing(nested, "missing")
     return folder
 
-  def _scan(self, split: str, folder: str) -> image_ops.FolderScan:
+  def _scan(self, split: str, folder: str) -> image_prep.FolderScan:
     size = self.builder_config.size
-    scan = image_ops.scan_folder(folder, size)
+    scan = image_prep.scan_folder(folder, size)
     if scan.small:
       side = min(min(wh) for _, wh in scan.small)
       shown = ", ".join(f"{r} {w}x{h}" for r, (w, h) in scan.small[:_SHOWN])
@@ -126,7 +126,7 @@ class ImageFolderBuilder(
       )
     if not scan.usable:
       raise self._missing(
-        folder, f"empty (no {'/'.join(image_ops.IMAGE_EXTENSIONS)} files)"
+        folder, f"empty (no {'/'.join(image_prep.IMAGE_EXTENSIONS)} files)"
       )
     return scan
 
@@ -147,7 +147,7 @@ class ImageFolderBuilder(
     size = self.builder_config.size
     meta = self.info.metadata
     for rel in files:
-      image = image_ops.load_image(storage.join(folder, rel))
+      image = image_prep.load_image(storage.join(folder, rel))
       if image is None:  # Header fine, pixel data broken (e.g. truncated).
         meta["corrupt"][split] += 1
         meta["corrupt_files"][split].append(rel)
@@ -156,7 +156,7 @@ class ImageFolderBuilder(
       yield (
         rel_posix,
         {
-          "image": image_ops.center_crop_resize(image, size),
+          "image": image_prep.center_crop_resize(image, size),
           "filename": rel_posix,
         },
       )

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from ilct_jax import parallel, rng, sampling, storage
 from ilct_jax import progress as progress_lib
 from ilct_jax import state as state_lib
-from ilct_jax.evaluation import features, generate, image_io
+from ilct_jax.evaluation import features, image_files, write_samples
 from ilct_jax.models import convert_inception
 
 PyTree = Any
@@ -41,8 +41,8 @@ Config = ml_collections.ConfigDict
 _LOG_EVERY_S = 30.0
 
 
-def _decoder_or_fail(config: Config) -> tuple[generate.Decode, Any]:
-  parts = generate.decoder(config)
+def _decoder_or_fail(config: Config) -> tuple[write_samples.Decode, Any]:
+  parts = write_samples.decoder(config)
   if parts is None:
     raise ValueError(
       "cannot decode samples for FID: set vae.path (python -m "
@@ -61,7 +61,7 @@ def sample_program(
   config: Config,
   sigmas: tuple[float, ...],
   mesh: jax.sharding.Mesh,
-  decode: generate.Decode,
+  decode: write_samples.Decode,
   inception_module: Any = None,
 ) -> Callable[..., Any]:
   """The one sampling program: jit(params, aux, key[, inception vars]).
@@ -73,13 +73,13 @@ def sample_program(
   """
   model = state_lib.create_model(config, mesh)
   shape = (config.eval.batch_size, *state_lib.example_shape(config))
-  proto = image_io.PROTOCOLS[config.eval.protocol]
+  proto = image_files.PROTOCOLS[config.eval.protocol]
   rows = parallel.batch_sharding(mesh)
 
   def images(params, aux, key):
     x0 = sampling.sample(model.apply, params, key, shape, sigmas, config.ct)
-    u8 = image_io.to_uint8(decode(aux, x0), proto.rounding)
-    return image_io.to_rgb(u8, jnp)
+    u8 = image_files.to_uint8(decode(aux, x0), proto.rounding)
+    return image_files.to_rgb(u8, jnp)
 
   if inception_module is None:
     return jax.jit(images, out_shardings=rows)
@@ -109,11 +109,11 @@ def _save(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
   """Saves rows[keep] as <index>.<ext>; returns the pixels FID must see."""
 
   def one(i: int) -> np.ndarray:
-    data, ext = image_io.encode(rows[i], fmt)
+    data, ext = image_files.encode(rows[i], fmt)
     if save_dir:
       storage.write_bytes(storage.join(save_dir, f"{index[i]:06d}.{ext}"), data)
     # PNG is lossless; a JPEG is read back: FID sees what was saved.
-    return rows[i] if fmt == "png" else image_io.decode(data)
+    return rows[i] if fmt == "png" else image_files.decode(data)
 
   out = rows.copy()
   out[keep] = list(pool.map(one, keep))
@@ -123,7 +123,7 @@ def _save(rows, index, keep, save_dir, fmt, pool) -> np.ndarray:
 def _batches(config, params, sampler, num, save_dir) -> Iterator[tuple]:
   """Yields (local features, their sample indices) batch by batch."""
   ev = config.eval
-  proto = image_io.PROTOCOLS[ev.protocol]
+  proto = image_files.PROTOCOLS[ev.protocol]
   fused = proto.fmt == "png"
   mesh = parallel.make_mesh()
   sigmas = sampling.samplers(config)[sampler]
@@ -204,9 +204,11 @@ def data_features(config: Config, x0: np.ndarray) -> np.ndarray:
   """
   ev = config.eval
   decode, aux = _decoder_or_fail(config)
-  rounding = image_io.PROTOCOLS[ev.protocol].rounding
+  rounding = image_files.PROTOCOLS[ev.protocol].rounding
   images = jax.jit(
-    lambda a, x: image_io.to_rgb(image_io.to_uint8(decode(a, x), rounding), jnp)
+    lambda a, x: image_files.to_rgb(
+      image_files.to_uint8(decode(a, x), rounding), jnp
+    )
   )
   f = features.load_feature_fn(ev.inception_path, ev.inception_size)
   out = []

@@ -17,7 +17,7 @@ from absl import logging
 from ilct_jax import checkpointing, parallel, rng, sampling, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
-from ilct_jax.evaluation import image_io
+from ilct_jax.evaluation import image_files
 from ilct_jax.models import autoencoder
 from ilct_jax.models import vae as vae_lib
 
@@ -127,7 +127,7 @@ def sample_images(
     x = sample_data(config, params, key, num, sigmas, mesh)
     images = None
     if decode is not None:
-      images = np.asarray(image_io.to_uint8(decode(x)))
+      images = np.asarray(image_files.to_uint8(decode(x)))
     out[name] = (np.asarray(x), images)
   return out
 
@@ -135,7 +135,9 @@ def sample_images(
 def write_grid(path: str, images: np.ndarray) -> None:
   """A PNG grid of uint8 samples (tiny images upscaled to ~128 pixels)."""
   up = max(1, 128 // images.shape[1])
-  storage.write_bytes(path, image_io.png_bytes(image_io.make_grid(images), up))
+  storage.write_bytes(
+    path, image_files.png_bytes(image_files.make_grid(images), up)
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
