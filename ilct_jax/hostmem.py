@@ -12,9 +12,11 @@ speed; figures from the paper UNet, batch 8, on a 2-core CPU):
   glibc reads tunables only at process start, so `use_huge_pages()`, the
   first call of every program (`main`, `benchmark`, `data.encode`,
   `evaluation.evaluate`), runs the same command again with the tunable added
-  to GLIBC_TUNABLES. ILCT_JAX_HUGE_PAGES=0, a GLIBC_TUNABLES that already
-  names the tunable, a non-glibc C library or THP set to `never` leave the
-  process as it is.
+  to GLIBC_TUNABLES. Only on CPU hosts: on a TPU or GPU host the step's
+  buffers live on the accelerator, and the process is left as it is
+  (`accelerator_host`). ILCT_JAX_HUGE_PAGES=0 (the opt-out), a
+  GLIBC_TUNABLES that already names the tunable, a non-glibc C library or
+  THP set to `never` leave the process as it is too.
 - Compiling the paper step leaves about 1 GiB of freed but unreturned heap;
   `release_free_memory()` (glibc's malloc_trim) hands it back, and the
   programs call it once compiling and state creation are over, so the peak
@@ -24,6 +26,7 @@ Nothing here imports jax: `use_huge_pages` runs before the heavy imports.
 """
 
 import ctypes
+import glob
 import os
 import sys
 
@@ -50,6 +53,30 @@ def thp_mode(path: str = _THP_MODE) -> str:
   return text[start + 1 : end] if 0 <= start < end else ""
 
 
+# Device nodes of accelerators: NVIDIA GPUs, TPU v2-v4 (accel), TPU v5e+
+# (vfio groups).
+ACCELERATOR_NODES = (
+  "/dev/nvidia[0-9]*",
+  "/dev/accel[0-9]*",
+  "/dev/vfio/[0-9]*",
+)
+
+
+def accelerator_host(
+  environ: dict[str, str], nodes: tuple[str, ...] = ACCELERATOR_NODES
+) -> bool:
+  """Whether JAX will run on an accelerator here, decided before jax loads.
+
+  JAX_PLATFORMS decides when set (its first entry is the default backend:
+  "cpu" is a CPU host, anything else an accelerator host); otherwise an
+  accelerator's device node decides.
+  """
+  platforms = environ.get("JAX_PLATFORMS", "").strip()
+  if platforms:
+    return platforms.split(",")[0].strip().lower() != "cpu"
+  return any(glob.glob(pattern) for pattern in nodes)
+
+
 def tunables_with_huge_pages(environ: dict[str, str]) -> str | None:
   """GLIBC_TUNABLES with `glibc.malloc.hugetlb=1` added, or None to keep it.
 
@@ -73,7 +100,7 @@ def use_huge_pages() -> None:
   """
   if sys.platform != "linux" or not _glibc() or not sys.executable:
     return
-  if thp_mode() in ("never", ""):
+  if thp_mode() in ("never", "") or accelerator_host(dict(os.environ)):
     return
   tunables = tunables_with_huge_pages(dict(os.environ))
   if tunables is None:

@@ -154,3 +154,25 @@ def test_release_free_memory_returns_the_holes_of_a_fragmented_heap():
 
 def test_rss_is_positive_here():
   assert 0.0 < hostmem.rss_gib() < 1024.0
+
+
+def test_accelerator_host_is_decided_before_jax(tmp_path):
+  node = tmp_path / "nvidia0"
+  assert hostmem.accelerator_host({"JAX_PLATFORMS": "tpu"})
+  assert hostmem.accelerator_host({"JAX_PLATFORMS": "cuda,cpu"})
+  assert not hostmem.accelerator_host({"JAX_PLATFORMS": "cpu"}, (str(node),))
+  assert not hostmem.accelerator_host({}, (str(tmp_path / "nvidia[0-9]*"),))
+  node.write_text("")
+  assert hostmem.accelerator_host({}, (str(tmp_path / "nvidia[0-9]*"),))
+  # JAX_PLATFORMS wins over a device node (a CPU run on a GPU machine).
+  assert not hostmem.accelerator_host(
+    {"JAX_PLATFORMS": "cpu"}, (str(tmp_path / "nvidia[0-9]*"),)
+  )
+
+
+def test_no_reexec_on_an_accelerator_host():
+  """Huge pages are a CPU-host measure: a TPU or GPU process starts once."""
+  out = _run(_PROBE, JAX_PLATFORMS="tpu", GLIBC_TUNABLES="glibc.a=1")
+  lines = [line.split() for line in out.split("\n") if line]
+  assert [line[0] for line in lines] == ["before", "after"]
+  assert lines[1][2] == "glibc.a=1"
