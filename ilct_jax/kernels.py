@@ -9,7 +9,7 @@ The choices (`model.kernels.*` in the config, each "auto" by default):
 
   conv       "cpu": the forms tuned for XLA:CPU (1x1 convolutions as channel
              GEMMs, 3x3 convolutions of small maps as im2col GEMMs, gradient
-             copies held back to the backward pass; models/unet.py);
+             copies held back to the backward pass; models/conv.py);
              "xla": `lax.conv_general_dilated` for every convolution.
   norm       "custom": the norms' hand-written backward (models/norms.py);
              "xla": the plain formula, differentiated by autodiff.

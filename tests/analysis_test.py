@@ -23,7 +23,7 @@ from PIL import Image
 from ilct_jax import checkpointing, consistency, run_config
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
-from ilct_jax.lab import analysis
+from ilct_jax.lab import analysis, run_files
 
 N = 1_000_000
 
@@ -114,16 +114,16 @@ def test_load_source_npz_and_errors(tmp_path):
   path = str(tmp_path / "a.npz")
   np.savez(path, first=np.arange(12.0).reshape(3, 4), other=np.ones(2))
   np.testing.assert_array_equal(
-    analysis.load_npz(path), np.arange(12.0).reshape(3, 4)
+    run_files.load_npz(path), np.arange(12.0).reshape(3, 4)
   )
-  assert analysis.load_npz(path, "other").shape == (2,)
-  assert analysis.load_npz(path, num=2).shape == (2, 4)
+  assert run_files.load_npz(path, "other").shape == (2,)
+  assert run_files.load_npz(path, num=2).shape == (2, 4)
   with pytest.raises(KeyError, match="no array 'nope'"):
-    analysis.load_npz(path, key="nope")
+    run_files.load_npz(path, key="nope")
   with pytest.raises(ValueError, match="unknown"):
-    analysis.load_source("pixels")
+    run_files.load_source("pixels")
   with pytest.raises(ValueError, match="--config"):
-    analysis.load_source("latents")
+    run_files.load_source("latents")
   with pytest.raises(ValueError, match="fig1 needs"):
     analysis.main(["fig1"])
 
@@ -149,7 +149,7 @@ def test_fig4_table_from_a_synthetic_event_file(tiny_config, tmp_path, capsys):
     for f in (0.5, 1.0, 3.0):
       logs.append({"num_scales": n, "td_std": law(n) * f, "loss": 1.0})
   _write_events(workdir, logs)
-  scalars = analysis.read_scalars(workdir)
+  scalars = run_files.read_scalars(workdir)
   assert [s for s, _ in scalars["td_std"]] == list(range(1, 10))
   rows = analysis.fig4_rows(tiny_config, scalars)
   c0 = consistency.c0(64)  # 8 x 8 x 1 pixels.
@@ -175,7 +175,7 @@ def test_fig4_without_td_std_says_so(tiny_config, tmp_path):
   workdir = str(tmp_path / "run")
   run_config.write_config(tiny_config, workdir)
   _write_events(workdir, [{"num_scales": 11, "loss": 1.0}])
-  rows = analysis.fig4_rows(tiny_config, analysis.read_scalars(workdir))
+  rows = analysis.fig4_rows(tiny_config, run_files.read_scalars(workdir))
   assert all(r["count"] == 0 and np.isnan(r["td_std"]) for r in rows)
   assert "no td_std" in analysis.format_fig4(rows)
 

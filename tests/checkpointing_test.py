@@ -30,8 +30,7 @@ from ilct_jax import (
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
 from ilct_jax.evaluation import fid
-from ilct_jax.models import convert_inception
-from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import convert_inception, vae_files
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +177,11 @@ def test_garbage_weight_files_name_the_file_in_one_line(tmp_path, kind):
   bad.mkdir()
   garbage = b"\x89not a zip file at all"
   if kind == "vae":
-    (bad / vae_lib.PARAMS_FILE).write_bytes(garbage)
-    (bad / vae_lib.CONFIG_FILE).write_text(
-      json.dumps({"format": vae_lib.FORMAT})
+    (bad / vae_files.PARAMS_FILE).write_bytes(garbage)
+    (bad / vae_files.CONFIG_FILE).write_text(
+      json.dumps({"format": vae_files.FORMAT})
     )
-    call, name = lambda: vae_lib.load_vae(str(bad)), vae_lib.PARAMS_FILE
+    call, name = lambda: vae_files.load_vae(str(bad)), vae_files.PARAMS_FILE
   else:
     path = str(bad / "file.npz")
     with open(path, "wb") as f:
@@ -201,10 +200,10 @@ def test_garbage_weight_files_name_the_file_in_one_line(tmp_path, kind):
 
 
 def test_garbage_vae_config_names_the_file(tmp_path):
-  (tmp_path / vae_lib.PARAMS_FILE).write_bytes(b"x")
-  (tmp_path / vae_lib.CONFIG_FILE).write_text("{not json")
+  (tmp_path / vae_files.PARAMS_FILE).write_bytes(b"x")
+  (tmp_path / vae_files.CONFIG_FILE).write_text("{not json")
   with pytest.raises(ValueError, match="VAE config .*config.json is not valid"):
-    vae_lib.load_vae(str(tmp_path))
+    vae_files.load_vae(str(tmp_path))
 
 
 @pytest.mark.parametrize("first,second", [(8, 1), (1, 8)])

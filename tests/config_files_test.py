@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from ilct_jax import config_files
-from ilct_jax.lab import analysis
+from ilct_jax.lab import run_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -34,7 +34,7 @@ def test_resolve_paths_and_short_names(tmp_path, monkeypatch):
     str(ROOT / "configs" / "celeba.py"),
     "--x=configs/a",
   ]
-  c = analysis.load_config_file(config_files.resolve("celeba"))
+  c = run_files.load_config_file(config_files.resolve("celeba"))
   assert c.train.batch_size == 128  # `from configs import ...` resolved.
 
 
@@ -98,8 +98,8 @@ def test_non_editable_install_in_a_fresh_venv(tmp_path):
   code = (
     "import ilct_jax, configs\n"
     "from ilct_jax import config_files\n"
-    "from ilct_jax.lab import analysis\n"
-    "c = analysis.load_config_file(config_files.resolve('celeba'))\n"
+    "from ilct_jax.lab import run_files\n"
+    "c = run_files.load_config_file(config_files.resolve('celeba'))\n"
     "print(ilct_jax.__file__, configs.__file__, c.train.batch_size)\n"
   )
   r = _run(["-c", code], tmp_path, py)

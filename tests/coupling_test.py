@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 from scipy.optimize import linear_sum_assignment
 
 from ilct_jax import coupling
-from ilct_jax.lab import benchmark
+from ilct_jax.lab import bench_parts
 
 # Sinkhorn margin (epsilon=0.01, 200 iterations, greedy rounding). Measured on
 # 20 random Gaussian 64 x 4096 batches: total cost above the optimum by at
@@ -288,12 +288,12 @@ def test_inner_iterations_divide():
 
 
 def test_benchmark_reports_figures():
-  figures = benchmark.time_ot(batch=8, dim=16, repeats=2)
+  figures = bench_parts.time_ot(batch=8, dim=16, repeats=2)
   for name in ("exact", "exact_crouse", "sinkhorn"):
     assert figures[f"{name}_s"] > 0
   assert (figures["batch"], figures["dim"]) == (8, 16)
   # The dense Crouse solver is skipped above CROUSE_MAX (seconds there).
-  big = benchmark.time_ot(batch=benchmark.CROUSE_MAX + 8, dim=4, repeats=1)
+  big = bench_parts.time_ot(batch=bench_parts.CROUSE_MAX + 8, dim=4, repeats=1)
   assert "exact_crouse_s" not in big and big["exact_s"] > 0
 
 

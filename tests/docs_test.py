@@ -202,11 +202,11 @@ def _config_of(args: str):
   """The config a command uses: its --config file, else the run's default."""
   import importlib
 
-  from ilct_jax.lab import analysis
+  from ilct_jax.lab import run_files
 
   m = re.search(r"--config=(\S+\.py)", args)
   if m and "$" not in m.group(1) and (ROOT / m.group(1)).is_file():
-    return analysis.load_config_file(str(ROOT / m.group(1)))
+    return run_files.load_config_file(str(ROOT / m.group(1)))
   return importlib.import_module("configs.default").get_config()
 
 

@@ -13,7 +13,7 @@ from ilct_jax import parallel, rng, run_config, train
 from ilct_jax import state as state_lib
 from ilct_jax.data import build, encode, latents, pipeline, tfds_images
 from ilct_jax.evaluation import image_files, write_samples
-from ilct_jax.models import autoencoder
+from ilct_jax.models import autoencoder, vae_files
 from ilct_jax.models import vae as vae_lib
 from tests.cluster import Cluster
 
@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
   (folder / "corrupt.png").write_bytes(b"\x89PNG broken")
   build.build("local_image_folder/16", str(folder), str(root / "tfds"))
   vae, params = _tiny_vae()
-  vae_lib.save_vae(str(root / "vae"), vae, params)
+  vae_files.save_vae(str(root / "vae"), vae, params)
 
   def config(latent_dir: str):
     c = tiny.get_config()
@@ -204,7 +204,7 @@ def test_two_simulated_processes_make_the_single_process_dataset(
 def test_partial_encode_with_another_vae_is_not_resumed(setup, tmp_path):
   config = setup["config"](tmp_path)
   vae, _ = _tiny_vae()
-  vae_lib.save_vae(str(tmp_path / "vae2"), vae, _tiny_vae(seed=1)[1])
+  vae_files.save_vae(str(tmp_path / "vae2"), vae, _tiny_vae(seed=1)[1])
   plan = encode.make_plan(config, vae, N_IMAGES)
   encode.prepare_dir(str(tmp_path / "out"), plan, overwrite=False)
   config.vae.path = str(tmp_path / "vae2")
@@ -217,7 +217,7 @@ def test_partial_encode_with_another_vae_is_not_resumed(setup, tmp_path):
 def test_training_source_refuses_a_dataset_of_another_vae(setup, tmp_path):
   config = setup["config"](setup["ref"])
   vae, params = _tiny_vae(seed=5)
-  vae_lib.save_vae(str(tmp_path / "other"), vae, params)
+  vae_files.save_vae(str(tmp_path / "other"), vae, params)
   config.vae.path = str(tmp_path / "other")
   with pytest.raises(ValueError) as e:
     latents.open_latents(config)
@@ -352,12 +352,12 @@ def test_end_to_end_two_process_encode_train_sample_decode(setup, tmp_path):
 
 def test_fig1_reads_an_encoded_latent_set(setup, tmp_path, capsys):
   """`analysis fig1 --source=latents --config=...` on the encoded set."""
-  from ilct_jax.lab import analysis
+  from ilct_jax.lab import analysis, run_files
 
   config = setup["config"](setup["ref"])
   run_config.write_config(config, str(tmp_path))
   path = str(tmp_path / "config.json")
-  values = analysis.load_source("latents", config=path)
+  values = run_files.load_source("latents", config=path)
   array = latents.open_latents(config)
   assert values.shape == (N_IMAGES, 8, 8, 4)
   np.testing.assert_allclose(

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ilct_jax.evaluation import features, fid
-from ilct_jax.lab import benchmark
+from ilct_jax.lab import bench_parts
 from ilct_jax.models import convert_inception, inception
 from tests import cluster
 
@@ -381,7 +381,7 @@ def test_cli_writes_stats_that_load(net, tmp_path):
 
 
 def test_benchmark_reports_rates():
-  result = benchmark.time_fid_features(batch=BATCH, repeats=1)
+  result = bench_parts.time_fid_features(batch=BATCH, repeats=1)
   assert result["images_per_s"] > 0 and result["compile_s"] > 0
   assert result["projected_50k_s"] == pytest.approx(
     50_000 / result["images_per_s"]

@@ -33,6 +33,7 @@ from ilct_jax import checkpointing, parallel, run_config, storage, train
 from ilct_jax.data import image_prep, latents
 from ilct_jax.evaluation import fid, image_files, write_samples
 from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import vae_files
 from tests import cli_config, cluster
 from tests.cluster import Cluster
 
@@ -133,8 +134,8 @@ def test_every_file_kind_round_trips_through_gs(gcs, tmp_path):
     block_out_channels=(8,), layers_per_block=1, norm_num_groups=4
   )
   params = vae_lib.random_params(vae)
-  vae_lib.save_vae(f"{root}/vae", vae, params)
-  loaded, loaded_params = vae_lib.load_vae(f"{root}/vae")
+  vae_files.save_vae(f"{root}/vae", vae, params)
+  loaded, loaded_params = vae_files.load_vae(f"{root}/vae")
   assert loaded == vae
   chex.assert_trees_all_equal(
     jax.device_get(loaded_params), jax.device_get(params)

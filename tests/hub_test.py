@@ -12,6 +12,7 @@ import pytest
 from vae_test import _torch_tensors, _write_diffusers
 
 from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import vae_files
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -58,7 +59,7 @@ def test_convert_vae_from_the_hub(hub, tmp_path):
   ]
   r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  loaded_vae, loaded = vae_lib.load_vae(str(out))
+  loaded_vae, loaded = vae_files.load_vae(str(out))
   assert loaded_vae == vae
   got, want = vae_lib.flatten(loaded), vae_lib.flatten(params)
   assert got.keys() == want.keys()

@@ -1,6 +1,6 @@
 """The UNet's hand-written kernels equal the plain formulas they replace.
 
-`norms._normalize` has its own backward and `unet.Conv2d` picks a GEMM form
+`norms._normalize` has its own backward and `conv.Conv2d` picks a GEMM form
 for 1x1 and small-map 3x3 convolutions (speed on XLA:CPU, see their
 docstrings). These tests pin values and gradients against the textbook
 forms, computed by autodiff, so a faster kernel can never change the model.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ilct_jax.models import attention, norms, unet
+from ilct_jax.models import attention, norms
+from ilct_jax.models import conv as conv_lib
 
 
 def _plain_norm(x, scale, bias, groups, eps, center):
@@ -107,7 +108,7 @@ def test_conv2d_equals_lax_conv_in_value_and_gradients(
 ):
   rng = np.random.default_rng(k + features)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  module = unet.Conv2d(
+  module = conv_lib.Conv2d(
     features,
     k,
     kernel_init=nn.initializers.normal(0.5),
@@ -122,7 +123,7 @@ def test_conv2d_equals_lax_conv_in_value_and_gradients(
   )
   assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == ref_shapes
   if k == 3:
-    assert unet._use_im2col(x, features) == (features == 16)
+    assert conv_lib.use_im2col(x, features) == (features == 16)
   weights = jnp.asarray(rng.normal(size=(*shape[:3], features)), jnp.float32)
 
   def fast(p, x):
@@ -143,7 +144,7 @@ def test_im2col_conv_equals_lax_conv_at_5x5():
   x = jnp.asarray(rng.normal(size=(1, 3, 4, 2)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(5, 5, 2, 3)), jnp.float32)
   np.testing.assert_allclose(
-    unet._im2col_conv(x, kernel),
+    conv_lib.im2col_conv(x, kernel),
     _conv_reference(x, kernel, 0.0),
     rtol=1e-5,
     atol=1e-5,
@@ -160,7 +161,7 @@ def test_late_grad_conv_has_the_plain_convs_value_and_gradients(dtype):
   def loss(conv):
     return lambda x, k: jnp.sum(weights * conv(x, k)).astype(jnp.float32)
 
-  late, plain = loss(unet._conv_late_grad), loss(unet._conv_same)
+  late, plain = loss(conv_lib.conv_late_grad), loss(conv_lib.conv_same)
   np.testing.assert_array_equal(late(x, kernel), plain(x, kernel))
   g_late = jax.jit(jax.grad(late, (0, 1)))(x, kernel)
   g_plain = jax.jit(jax.grad(plain, (0, 1)))(x, kernel)
@@ -189,7 +190,10 @@ def test_late_grad_conv_lowers_the_backward_temp_memory_on_cpu():
     compiled = jax.jit(jax.grad(loss)).lower(kernels, x).compile()
     return compiled.memory_analysis().temp_size_in_bytes
 
-  late, plain = temp_bytes(unet._conv_late_grad), temp_bytes(unet._conv_same)
+  late, plain = (
+    temp_bytes(conv_lib.conv_late_grad),
+    temp_bytes(conv_lib.conv_same),
+  )
   assert late < plain, (late, plain)
 
 

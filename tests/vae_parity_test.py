@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ilct_jax.models import autoencoder, convert_vae
+from ilct_jax.models import autoencoder, convert_vae, vae_files
 from ilct_jax.models import vae as vae_lib
 from tests import references
 
@@ -56,7 +56,7 @@ def test_converted_vae_matches_diffusers(tmp_path, case, source):
   )
   _write_checkpoint(tmp_path / "hf", case)
   convert_vae.convert(str(tmp_path / "hf"), str(tmp_path / "flax"))
-  vae, params = vae_lib.load_vae(str(tmp_path / "flax"))
+  vae, params = vae_files.load_vae(str(tmp_path / "flax"))
   images, z = references.vae_inputs(case)
   mean, logvar = autoencoder.encode_pure(vae, params, images)
   got = {
@@ -137,5 +137,5 @@ def test_sdxl_config_is_refused(tmp_path):
     str(tmp_path / "out"),
     allow_other_scaling_factor=True,
   )
-  loaded_vae, _ = vae_lib.load_vae(str(tmp_path / "out"))
+  loaded_vae, _ = vae_files.load_vae(str(tmp_path / "out"))
   assert loaded_vae.block_out_channels == (32, 64, 64)

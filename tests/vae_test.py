@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import save_file
 
 from ilct_jax.evaluation import image_files
-from ilct_jax.models import autoencoder, convert_vae
+from ilct_jax.models import autoencoder, convert_vae, vae_files
 from ilct_jax.models import vae as vae_lib
 from tests import references
 
@@ -98,7 +98,7 @@ def test_converter_round_trip(tiny, tmp_path, legacy_names):
         tensors[k.replace(f".{new}.", f".{old}.")] = tensors.pop(k)
   src = _write_diffusers(tmp_path / "hf", tensors)
   convert_vae.convert(str(src), str(tmp_path / "flax"))
-  loaded_vae, loaded = vae_lib.load_vae(str(tmp_path / "flax"))
+  loaded_vae, loaded = vae_files.load_vae(str(tmp_path / "flax"))
   assert loaded_vae == vae
   flat, want = vae_lib.flatten(loaded), vae_lib.flatten(params)
   assert flat.keys() == want.keys()
@@ -113,7 +113,7 @@ def test_converter_infers_architecture_without_config(tmp_path):
   params = vae_lib.random_params(vae, seed=2)
   save_file(_torch_tensors(params), str(tmp_path / "vae.safetensors"))
   convert_vae.convert(str(tmp_path / "vae.safetensors"), str(tmp_path / "out"))
-  loaded_vae, loaded = vae_lib.load_vae(str(tmp_path / "out"))
+  loaded_vae, loaded = vae_files.load_vae(str(tmp_path / "out"))
   assert loaded_vae == vae
   for k, want in vae_lib.flatten(params).items():
     np.testing.assert_array_equal(vae_lib.flatten(loaded)[k], want, err_msg=k)
@@ -178,7 +178,7 @@ def test_other_architectures_are_refused(config, message):
 
 def test_load_vae_missing_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match="no config.json in VAE"):
-    vae_lib.load_vae(str(tmp_path / "nowhere"))
+    vae_files.load_vae(str(tmp_path / "nowhere"))
 
 
 @pytest.mark.parametrize(

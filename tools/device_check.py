@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from ilct_jax import coupling, parallel  # noqa: E402
 from ilct_jax import state as state_lib  # noqa: E402
 from ilct_jax import step as step_lib  # noqa: E402
-from ilct_jax.lab import benchmark, flops  # noqa: E402
+from ilct_jax.lab import bench_parts, benchmark, flops  # noqa: E402
 
 
 def _config(small: bool, batch: int | None):
@@ -99,9 +99,9 @@ def speed_tables(config, small: bool, rows: dict) -> None:
   step_s = rows["bfloat16"]["step_s"]
   print(f"\n# OT pairing alone; share of the bf16 step ({step_s:.4g} s)")
   if small:
-    ot = {"B=64": benchmark.time_ot(64, 64, repeats=2)}
+    ot = {"B=64": bench_parts.time_ot(64, 64, repeats=2)}
   else:
-    ot = benchmark.time_ot_sizes(4096, step_s)
+    ot = bench_parts.time_ot_sizes(4096, step_s)
   benchmark.print_table(ot)
   print("\n# step memory per device (XLA, compiled against an abstract state)")
   # The config's own setting is the float32 row's compiled step; only the
@@ -125,7 +125,7 @@ def speed_tables(config, small: bool, rows: dict) -> None:
   c.eval.batch_size = config.train.batch_size
   if small:  # Inception's smallest input: a fast compile for the CI run.
     c.eval.inception_size = 75
-  benchmark.print_table(benchmark.time_eval(c, repeats=2))
+  bench_parts.print_table(bench_parts.time_eval(c, repeats=2))
 
 
 def main() -> int:

@@ -49,8 +49,7 @@ from jax.sharding import PartitionSpec as P
 from ilct_jax import parallel, rng, storage
 from ilct_jax import progress as progress_lib
 from ilct_jax.data import latents, tfds_images
-from ilct_jax.models import autoencoder
-from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import autoencoder, vae_files
 
 # Fields of plan.json that must match for a rerun to resume a partial run.
 _RESUME_KEYS = ("format", "split", "source", "seed", "num_examples", "shape")
@@ -166,7 +165,7 @@ def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
       "vae.path is empty; convert the SD VAE first (`python -m "
       "ilct_jax.models.convert_vae`) and set --config.vae.path=DIR"
     )
-  vae, params = vae_lib.load_vae(config.vae.path)
+  vae, params = vae_files.load_vae(config.vae.path)
   codec = autoencoder.make_codec(vae, params, mesh)
   data = NamedSharding(mesh, P("data"))
   base = rng.stream(config.seed, "encode")
@@ -357,7 +356,7 @@ def run(
       "vae.path is empty; convert the SD VAE first (`python -m "
       "ilct_jax.models.convert_vae`) and set --config.vae.path=DIR"
     )
-  vae, _ = vae_lib.load_vae(config.vae.path)
+  vae, _ = vae_files.load_vae(config.vae.path)
   if vae.latent_channels != d.channels:
     raise ValueError(
       f"the VAE makes {vae.latent_channels}-channel latents but data.channels"

@@ -43,6 +43,7 @@ from absl import logging
 
 from ilct_jax import storage
 from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import vae_files
 from ilct_jax.models.autoencoder import SCALING_FACTOR
 
 FORMAT = "ilct_jax.latents/1"
@@ -137,7 +138,7 @@ def _file_key(path: str) -> tuple:
 @functools.lru_cache(maxsize=8)
 def _fingerprint(path: str, key: tuple) -> str:
   del key  # Only part of the cache key: a rewritten file is hashed again.
-  config, params = vae_lib.read_checkpoint(path)
+  config, params = vae_files.read_checkpoint(path)
   digest = hashlib.sha256()
   arch = {k: config[k] for k in vae_lib.ARCH_FIELDS}
   digest.update(json.dumps(arch, sort_keys=True).encode())
@@ -154,10 +155,10 @@ def vae_fingerprint(path: str) -> str:
   Hashes the arrays, not the .npz bytes, so the same weights saved twice
   (zip timestamps differ) have the same fingerprint.
   """
-  params = storage.join(path, vae_lib.PARAMS_FILE)
+  params = storage.join(path, vae_files.PARAMS_FILE)
   if not storage.isfile(params):
     raise FileNotFoundError(
-      f"no {vae_lib.PARAMS_FILE} in VAE checkpoint directory {path!r}; set "
+      f"no {vae_files.PARAMS_FILE} in VAE checkpoint directory {path!r}; set "
       "vae.path to a directory written by `python -m "
       "ilct_jax.models.convert_vae`"
     )

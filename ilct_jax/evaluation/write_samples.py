@@ -18,8 +18,7 @@ from ilct_jax import checkpointing, parallel, rng, sampling, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
 from ilct_jax.evaluation import image_files
-from ilct_jax.models import autoencoder
-from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import autoencoder, vae_files
 
 PyTree = Any
 
@@ -31,7 +30,7 @@ Decode = Callable[[Any, jax.Array], jax.Array]
 def _latent_decoder(
   vae_path: str, stats_path: str, shape: tuple[int, ...], sigma_data: float
 ) -> tuple[Decode, Any]:
-  module, params = vae_lib.load_vae(vae_path)
+  module, params = vae_files.load_vae(vae_path)
   mean, std = latents.as_jnp(*latents.load_stats(stats_path, shape))
 
   def decode(aux: Any, x0: jax.Array) -> jax.Array:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ilct_jax import parallel, train
 from ilct_jax import state as state_lib
-from ilct_jax.lab import analysis
+from ilct_jax.lab import run_files
 
 # Dense (no sparsity) peak TFLOP/s per chip by matmul dtype. "float32" is
 # what a float32 matmul runs at under JAX's default precision: TF32 tensor
@@ -242,7 +242,7 @@ def project_paper_runs(achieved_flops: float) -> dict[str, dict]:
   root = Path(__file__).resolve().parents[2] / "configs"
   rows = {}
   for name, (file, examples) in PAPER_RUNS.items():
-    config = analysis.load_config_file(str(root / file))
+    config = run_files.load_config_file(str(root / file))
     steps = train.total_steps(config, examples)
     per_image = train_step_flops_per_example(
       state_lib.create_model(config), state_lib.example_shape(config)

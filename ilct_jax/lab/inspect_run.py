@@ -27,7 +27,7 @@ import ilct_jax
 from ilct_jax import checkpointing, consistency, parallel, storage
 from ilct_jax import state as state_lib
 from ilct_jax.evaluation import image_files, write_samples
-from ilct_jax.lab import analysis
+from ilct_jax.lab import analysis, run_files
 
 ABSENT = "<absent>"  # A field one of the two configs does not have.
 
@@ -119,7 +119,7 @@ def write_grids(path: str, batches: dict[str, np.ndarray]) -> None:
 
 def _last_metrics(workdir: str) -> tuple[int | None, dict[str, float]]:
   """(last logged step, {tag: value} at that step) of the event files."""
-  scalars = analysis.read_scalars(workdir)
+  scalars = run_files.read_scalars(workdir)
   last = max((v[-1][0] for v in scalars.values()), default=None)
   return last, {k: v[-1][1] for k, v in scalars.items() if v[-1][0] == last}
 
@@ -127,7 +127,7 @@ def _last_metrics(workdir: str) -> tuple[int | None, dict[str, float]]:
 def _diff_from_file(config: ml_collections.ConfigDict, base: str):
   """config_diff against a config file; None when the file does not exist."""
   if base.endswith(".json") or os.path.isfile(base):
-    return config_diff(config, analysis.load_config_file(base))
+    return config_diff(config, run_files.load_config_file(base))
   return None
 
 

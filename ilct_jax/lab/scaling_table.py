@@ -28,7 +28,7 @@ from pathlib import Path
 
 import jax
 
-from ilct_jax.lab import analysis, preflight, target_programs
+from ilct_jax.lab import preflight, run_files, target_programs
 
 CONFIGS = ("celeba", "lsun_church", "ffhq", "ilct_baseline")
 TOPOLOGIES = ("v4-8", "v4-32", "v5e-8", "v5p-8", "v6e-8")
@@ -71,7 +71,7 @@ def row(
   Each compile's figures are appended to `sidecar` as measured and read back
   on a restart (only the compile that was stopped is lost).
   """
-  config = analysis.load_config_file(str(_ROOT / f"{name}.py"))
+  config = run_files.load_config_file(str(_ROOT / f"{name}.py"))
   config.model.dtype = dtype
   key, done = (name, topology, dtype), {}
   if sidecar:

@@ -137,7 +137,7 @@ def make_codec(
   """Binds `vae` and `params` to `mesh`: params replicated, batch over `axis`.
 
   Args:
-    vae: the Flax AutoencoderKL (e.g. from `vae_lib.load_vae`).
+    vae: the Flax AutoencoderKL (e.g. from `vae_files.load_vae`).
     params: its params.
     mesh: a mesh with an axis named `axis`.
     axis: the data-parallel mesh axis.

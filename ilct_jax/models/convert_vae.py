@@ -46,6 +46,7 @@ from flax import traverse_util
 from safetensors import safe_open
 
 from ilct_jax.models import vae as vae_lib
+from ilct_jax.models import vae_files
 from ilct_jax.models.autoencoder import SCALING_FACTOR
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -311,11 +312,11 @@ def convert(
 
   Args:
     src: see `read_source`.
-    out: output directory for `vae_lib.load_vae`.
+    out: output directory for `vae_files.load_vae`.
     allow_other_scaling_factor: see the module docstring.
 
   Returns:
-    (module, params) as `vae_lib.load_vae(out)` would return them.
+    (module, params) as `vae_files.load_vae(out)` would return them.
   """
   config, tensors = read_source(src)
   if config is None:
@@ -333,7 +334,7 @@ def convert(
   vae = vae_lib.AutoencoderKL(**arch)
   params = convert_tensors(tensors, vae)
   extra = {"scaling_factor": scale, "source": os.path.abspath(src)}
-  vae_lib.save_vae(out, vae, params, extra)
+  vae_files.save_vae(out, vae, params, extra)
   return vae, params
 
 
