@@ -427,7 +427,7 @@ def load_run(
   choices.check("what", what, WHAT)
   config = run_config.read_config(workdir) if config is None else config
   mesh = parallel.make_mesh() if mesh is None else mesh
-  abstract = state_lib.abstract_sharded_state(config, mesh)
+  abstract = state_lib.abstract_sharded_state(config, mesh)  # One trace.
   mngr = create_manager(workdir, config.train, read_only=True)
   try:
     if what == "state":

@@ -179,31 +179,36 @@ def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
   return jax.eval_shape(lambda k: _init(config, k), jax.random.key(0))
 
 
-def state_sharding(config: ml_collections.ConfigDict, mesh: Mesh) -> PyTree:
-  """Replicated sharding for every leaf of the state (params fit a device)."""
-  return jax.tree.map(
-    lambda _: parallel.replicated(mesh), abstract_state(config)
-  )
-
-
 def abstract_sharded_state(
   config: ml_collections.ConfigDict, mesh: Mesh
 ) -> TrainState:
-  """The state as ShapeDtypeStructs with their shardings: a restore target."""
+  """The state as ShapeDtypeStructs with their shardings (every leaf
+  replicated: params fit a device): a restore and compile target. One
+  abstract trace of the init (`setup.build` keeps the result)."""
+  repl = parallel.replicated(mesh)
   return jax.tree.map(
-    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
     abstract_state(config),
-    state_sharding(config, mesh),
   )
 
 
 def create_train_state(
-  config: ml_collections.ConfigDict, mesh: Mesh
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  sharding: PyTree | None = None,
 ) -> TrainState:
-  """Initialises the state directly into its replicated sharding."""
+  """Initialises the state directly into its replicated sharding.
+
+  Args:
+    config: the full config.
+    mesh: the devices.
+    sharding: the state's sharding tree (`Setup.state_sharding`); None
+      derives it, at the cost of one more abstract trace of the init.
+  """
+  if sharding is None:
+    sharding = jax.tree.map(
+      lambda a: a.sharding, abstract_sharded_state(config, mesh)
+    )
   key = rng.stream(config.seed, "init")
-  init = jax.jit(
-    lambda k: _init(config, k, mesh),
-    out_shardings=state_sharding(config, mesh),
-  )
+  init = jax.jit(lambda k: _init(config, k, mesh), out_shardings=sharding)
   return init(key)

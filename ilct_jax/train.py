@@ -31,6 +31,7 @@ from ilct_jax import (
   run_config,
   storage,
 )
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import pipeline
@@ -40,21 +41,9 @@ from ilct_jax.evaluation import write_samples as sample_files
 Metrics = dict[str, Any]
 
 
-def total_steps(config: ml_collections.ConfigDict, num_examples: int) -> int:
-  """K = (num_examples // global_batch) * epochs, or train.num_steps."""
-  if config.train.num_steps > 0:
-    return int(config.train.num_steps)
-  return (num_examples // config.train.batch_size) * config.train.epochs
-
-
-def run_meta(config: ml_collections.ConfigDict, num_examples: int) -> dict:
-  """Facts stored with each checkpoint and checked on resume."""
-  return {
-    "total_steps": total_steps(config, num_examples),
-    "num_examples": num_examples,
-    "example_shape": list(state_lib.example_shape(config)),
-    "batch_size": config.train.batch_size,
-  }
+# The run's step count and facts live with the Setup; kept here by name.
+total_steps = setup_lib.total_steps
+run_meta = setup_lib.run_meta
 
 
 def compile_step(config, mesh, state, steps: int):
@@ -114,14 +103,15 @@ def create_writer(workdir: str, config=None) -> reporting.Writers:
   return reporting.Writers(workdir, config)
 
 
-def _resume(config, mesh, mngr, meta):
+def _resume(setup: setup_lib.Setup, mngr):
   """The restored (verified) state, or None when the workdir has none."""
   if mngr.latest_step() is None:
     return None
-  abstract = state_lib.abstract_sharded_state(config, mesh)
   try:
-    state, saved = checkpointing.restore(mngr, config, abstract)
-    checkpointing.check_meta(saved, meta)
+    state, saved = checkpointing.restore(
+      mngr, setup.config, setup.abstract_state
+    )
+    checkpointing.check_meta(saved, setup.meta)
   except Exception:
     mngr.close()  # A refused resume leaves no orbax threads behind.
     raise
@@ -177,15 +167,15 @@ def train_and_evaluate(
   config_checks.check_all(config, workdir, num_devices=mesh.size)
   if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
-  meta = run_meta(config, pipeline.num_examples(config))
-  steps = meta["total_steps"]
+  setup = setup_lib.build(config, mesh, pipeline.num_examples(config))
+  meta, steps = setup.meta, setup.total_steps
   keep_from = checkpointing.window_start(
     config.train, steps, meta["num_examples"]
   )
   mngr = checkpointing.create_manager(
     workdir, config.train, keep_from=keep_from
   )
-  state = _resume(config, mesh, mngr, meta)
+  state = _resume(setup, mngr)
   start = 0 if state is None else int(jax.device_get(state.step))
   if start >= steps:
     logging.info("Run complete: step %d of %d; nothing to do", start, steps)
@@ -194,9 +184,8 @@ def train_and_evaluate(
   _log_plan(config, meta, mesh, start)
   run_config.write_config(config, workdir)  # Only after the checks.
   if state is None:  # Compile first: the compiler's garbage meets no state.
-    abstract = state_lib.abstract_sharded_state(config, mesh)
-    train_fn = compile_step(config, mesh, abstract, steps)
-    state = state_lib.create_train_state(config, mesh)
+    train_fn = compile_step(config, mesh, setup.abstract_state, steps)
+    state = setup.create_state()
     hostmem.release_free_memory()  # What the init's compile freed.
   else:
     train_fn = compile_step(config, mesh, state, steps)

@@ -207,12 +207,39 @@ def test_a_fresh_run_compiles_its_step_before_creating_the_state(
     events.append("compile abstract" if abstract else "compile real")
     return compile_step(config, mesh, state, steps)
 
-  def recording_create(config, mesh):
+  def recording_create(config, mesh, sharding=None):
     events.append("create")
-    return create(config, mesh)
+    return create(config, mesh, sharding)
 
   monkeypatch.setattr(train, "compile_step", recording_compile)
   monkeypatch.setattr(state_lib, "create_train_state", recording_create)
   final = train.train_and_evaluate(tiny_config, str(tmp_path / "run"))
   assert int(final.step) == 6
   assert events == ["compile abstract", "create"]
+
+
+def test_the_state_is_traced_once_per_start(
+  tiny_config, tmp_path, monkeypatch, crash_after
+):
+  """One Setup per start: a fresh run traces the init twice (the abstract
+  state, once, and the jitted creation), a resume once (the abstract
+  restore target); opening a run for sampling once."""
+  real, calls = state_lib._init, []
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return real(*args, **kwargs)
+
+  workdir = str(tmp_path / "run")
+  with pytest.raises(crash_after(3)):  # Killed after the step-3 checkpoint.
+    monkeypatch.setattr(state_lib, "_init", counting)
+    train.train_and_evaluate(tiny_config, workdir)
+  assert len(calls) == 2  # Abstract state + the jitted init.
+  monkeypatch.undo()
+  monkeypatch.setattr(state_lib, "_init", counting)
+  calls.clear()
+  train.train_and_evaluate(tiny_config, workdir)  # Resumes at step 3.
+  assert len(calls) == 1
+  calls.clear()
+  checkpointing.load_run(workdir, what="ema")
+  assert len(calls) == 1

@@ -37,6 +37,7 @@ import numpy as np
 from absl import app, flags
 
 from ilct_jax import consistency, kernels, parallel
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.config_files import default_path, resolve_sys_argv
@@ -76,12 +77,14 @@ def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
   of time for the abstract state, keeping no jitted function (a live one
   keeps its lowering: 0.3 GiB for the paper step), trimmed, then the state.
   """
-  abstract = state_lib.abstract_sharded_state(config, mesh)
-  compiled, compile_s = step_lib.compile_ahead(config, mesh, abstract, total)
+  setup = setup_lib.build(config, mesh)
+  compiled, compile_s = step_lib.compile_ahead(
+    config, mesh, setup.abstract_state, total
+  )
   hostmem.release_free_memory()  # As train.compile_step does.
-  shape = (config.train.batch_size, *state_lib.example_shape(config))
+  shape = (config.train.batch_size, *setup.example_shape)
   start = time.perf_counter()
-  state = jax.block_until_ready(state_lib.create_train_state(config, mesh))
+  state = jax.block_until_ready(setup.create_state())
   init_s = time.perf_counter() - start
   noise = np.random.default_rng(0).normal(0, 0.5, shape).astype(np.float32)
   batch = jax.device_put(noise, parallel.batch_sharding(mesh))

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ilct_jax import parallel, train
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
+from ilct_jax import train
 from ilct_jax.lab import run_files
 
 # Dense (no sparsity) peak TFLOP/s per chip by matmul dtype. "float32" is
@@ -212,12 +213,13 @@ def memory_estimate(config: ml_collections.ConfigDict) -> dict[str, float]:
   analysis: the figure an accelerator of the same backend would need per
   device, known before any array exists.
   """
-  mesh = parallel.make_mesh()
-  state = state_lib.abstract_sharded_state(config, mesh)
+  setup = setup_lib.build(config)
   steps = max(config.train.num_steps, 1)
-  step = train.compile_step(config, mesh, state, steps)  # As training does.
+  step = train.compile_step(  # As training does.
+    config, setup.mesh, setup.abstract_state, steps
+  )
   figures = {"compile_s": step.stats["compile_seconds"]}
-  figures.update(step_accounting(config, step.compiled, mesh.size))
+  figures.update(step_accounting(config, step.compiled, setup.mesh.size))
   figures["remat"] = float(config.model.remat)
   return figures
 

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ilct_jax import parallel, sampling, train
+from ilct_jax import parallel, sampling
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.evaluation import fid_samples
@@ -63,9 +64,11 @@ def examples(config: ml_collections.ConfigDict) -> int:
 
 def compile_train(config, mesh) -> tuple[Any, float]:
   """The train step as `train.compile_step` compiles it, nothing allocated."""
-  state = state_lib.abstract_sharded_state(config, mesh)
-  steps = train.total_steps(config, examples(config))
-  compiled, seconds = step_lib.compile_ahead(config, mesh, state, max(steps, 1))
+  setup = setup_lib.build(config, mesh, examples(config))
+  steps = max(setup.total_steps, 1)
+  compiled, seconds = step_lib.compile_ahead(
+    config, mesh, setup.abstract_state, steps
+  )
   return compiled, seconds
 
 
