@@ -22,8 +22,8 @@ float32 everywhere; activations in `model.dtype`, which no platform
 overrides). "auto" takes the row of `AUTO` for the platform. The CPU row was
 measured by `python -m ilct_jax.benchmark` (docs/DESIGN.md, speed); the TPU
 row by the compiled cost of each form (`python -m ilct_jax.preflight
---compare_kernels`, docs/DESIGN.md, kernels by target); the GPU row is not
-measured.
+--compare_kernels`, docs/DESIGN.md, kernels by target); the GPU row by the
+temporaries of the same compiles for eight H100s.
 """
 
 import dataclasses
@@ -48,13 +48,14 @@ ATTENTION = ("custom", "xla")
 # temporaries against "xla"'s 89 GB and 2.3 GiB; attention "xla" reads
 # 0.5 GB less and holds 0.12 GiB less than "custom"; norm "xla" would save
 # 0.13 GiB of temporaries but read 1.6 GB more per step, and the step is
-# bound by HBM traffic, so norm stays "custom". GPU: not measured (XLA:GPU
-# gives no bytes for a deviceless program); lax.conv and the custom
-# backwards every platform ran before.
+# bound by HBM traffic, so norm stays "custom". GPU: by temporaries alone
+# (XLA:GPU gives no bytes for a deviceless program), the same step for
+# eight H100s: conv "cpu" +0.22 GiB, norm "xla" +0.01 GiB, attention "xla"
+# -4.5 MB against "custom" (docs/DESIGN.md, kernels by target).
 AUTO = {
   "cpu": {"conv": "cpu", "norm": "custom", "attention": "custom"},
   "tpu": {"conv": "xla", "norm": "custom", "attention": "xla"},
-  "gpu": {"conv": "xla", "norm": "custom", "attention": "custom"},
+  "gpu": {"conv": "xla", "norm": "custom", "attention": "xla"},
 }
 
 # XLA:CPU: let YNNPACK take reductions and single dots (fusion kinds beyond
