@@ -63,9 +63,11 @@ def test_remat_keeps_the_state_tree(tiny_config):
 
 
 def test_config_json_without_remat_builds_plain_model(tiny_config):
+  """A run from before model.remat opens (run_config.upgrade_config) with
+  the field at its default: the plain, non-recomputing model."""
   data = json.loads(run_config.config_json(tiny_config))
   del data["model"]["remat"]
-  config = run_config.config_from_dict(data)
+  config = run_config.upgrade_config(data)
   assert state_lib.create_model(config).remat is False
 
 
