@@ -102,6 +102,12 @@ def row(
   best, seen = preflight.batch_search(
     config, topology, 1, known, log=log, resolution=RESOLUTION, record=keep
   )
+  return _record(config, key, f, best, seen)
+
+
+def _record(config, key: tuple, f: dict, best: int, seen: dict) -> dict:
+  """The results-file row of one (config, topology, dtype)."""
+  name, topology, dtype = key
   r = preflight.roofline(config, f, topology)
   chip = preflight.chip_of(topology)
   return {
