@@ -17,12 +17,12 @@ Fig. 1: latents have impulsive outliers (kurtosis far above 3), pixels not.
 Fig. 4: c(N) follows the scale of the TD residual f(x_t, t) - f(x_r, r).
 """
 
-import argparse
 import copy
 import io
 import logging as logging_std
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 
 from ilct_jax import checkpointing, consistency, parallel, run_config, storage
 from ilct_jax import state as state_lib
@@ -305,7 +306,7 @@ def plot_fig4(rows: Rows) -> Any:
 # ------------------------------------------------------------ commands
 
 
-def _residual_levels(args: argparse.Namespace) -> tuple[Rows, str]:
+def _residual_levels(args: flags.FlagValues) -> tuple[Rows, str]:
   """Residuals of --workdir's checkpoint on its final grid, and a heading."""
   mesh = parallel.make_mesh(jax.devices()[:1])
   run = checkpointing.load_run(
@@ -326,7 +327,7 @@ def _residual_levels(args: argparse.Namespace) -> tuple[Rows, str]:
   return levels, head
 
 
-def fig1(args: argparse.Namespace) -> tuple[str, str]:
+def fig1(args: flags.FlagValues) -> tuple[str, str]:
   """Runs `fig1`; returns (printed text, PNG path)."""
   if not (args.source or args.npz or args.workdir):
     raise ValueError("fig1 needs --source=digits|latents, --npz or --workdir")
@@ -349,7 +350,7 @@ def fig1(args: argparse.Namespace) -> tuple[str, str]:
   return "\n".join(text), out
 
 
-def fig4(args: argparse.Namespace) -> tuple[str, str]:
+def fig4(args: flags.FlagValues) -> tuple[str, str]:
   """Runs `fig4`; returns (printed text, PNG path)."""
   config = run_config.read_config(args.workdir)
   rows = fig4_rows(config, read_scalars(args.workdir))
@@ -370,35 +371,71 @@ def quiet_logs() -> None:
   )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  """The command line (see the module docstring)."""
-  p = argparse.ArgumentParser(prog="python -m ilct_jax.lab.analysis")
-  sub = p.add_subparsers(dest="figure", required=True)
-  f1 = sub.add_parser("fig1", help="outlier statistics (data or residuals)")
-  f1.add_argument("--source", default="", choices=("", "digits", "latents"))
-  f1.add_argument("--config", default="", help="config of --source=latents")
-  f1.add_argument("--npz", default="", help=".npz file of values [..., C]")
-  f1.add_argument("--key", default="", help="array in --npz (default: first)")
-  f1.add_argument("--workdir", default="", help="run: TD residuals")
-  f1.add_argument("--ema", type=float, default=None, help="EMA decay, 0=online")
-  f1.add_argument("--indices", default="", help="grid indices, e.g. 0,20,39")
-  f1.add_argument("--num", type=int, default=0, help="examples (0: default)")
-  f1.add_argument("--seed", type=int, default=0)
-  f1.add_argument("--out", default="", help="PNG path")
-  f4 = sub.add_parser("fig4", help="c(N) vs logged td_std per stage")
-  f4.add_argument("workdir")
-  f4.add_argument("--out", default="", help="PNG path")
-  return p.parse_args(argv)
+FIGURES = ("fig1", "fig4")
+_USAGE = (
+  "usage: python -m ilct_jax.lab.analysis fig1|fig4 [WORKDIR] [--flags]"
+  " (see the module docstring)"
+)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _flag_values() -> flags.FlagValues:
+  """The command's absl flags, on a FlagValues of its own (so that `main`
+  can run more than once in a process)."""
+  fv = flags.FlagValues()
+  define = dict(flag_values=fv)
+  flags.DEFINE_enum(
+    "source", "", ["", "digits", "latents"], "fig1: data source.", **define
+  )
+  flags.DEFINE_string(
+    "config", "", "fig1: config of --source=latents.", **define
+  )
+  flags.DEFINE_string(
+    "npz", "", "fig1: .npz file of values [..., C].", **define
+  )
+  flags.DEFINE_string(
+    "key", "", "fig1: array in --npz (default: first).", **define
+  )
+  flags.DEFINE_string(
+    "workdir", "", "Run directory (fig4: or WORKDIR).", **define
+  )
+  flags.DEFINE_float(
+    "ema", None, "fig1: EMA decay of --workdir, 0=online.", **define
+  )
+  flags.DEFINE_string(
+    "indices", "", "fig1: grid indices, e.g. 0,20,39.", **define
+  )
+  flags.DEFINE_integer("num", 0, "fig1: examples (0: default).", **define)
+  flags.DEFINE_integer("seed", 0, "fig1: sampling seed.", **define)
+  flags.DEFINE_string("out", "", "PNG path.", **define)
+  return fv
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, flags.FlagValues]:
+  """(figure, flag values) of the command line (absl flag syntax)."""
+  fv = _flag_values()
+  if {"-h", "--help", "--helpshort"} & set(argv):
+    raise SystemExit(f"{_USAGE}\n{fv.get_help()}")
+  try:
+    rest = fv(["analysis", *argv])[1:]
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}\n{_USAGE}") from None
+  if not rest or rest[0] not in FIGURES or len(rest) > 2:
+    raise SystemExit(_USAGE)
+  if len(rest) == 2:
+    fv.workdir = rest[1]
+  if rest[0] == "fig4" and not fv.workdir:
+    raise SystemExit(f"fig4 needs a WORKDIR\n{_USAGE}")
+  return rest[0], fv
+
+
+def main(argv: Sequence[str]) -> None:
   """Prints the table of the figure and writes its PNG."""
-  args = parse_args(argv)
+  figure, args = parse_args(argv)
   quiet_logs()
-  text, out = (fig1 if args.figure == "fig1" else fig4)(args)
+  text, out = (fig1 if figure == "fig1" else fig4)(args)
   print(text)
   print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

@@ -14,14 +14,15 @@ The state is restored on ONE device (abstract target, nothing initialised),
 so the summary works on any host that can read the workdir (local or gs://).
 """
 
-import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
 import ilct_jax
 from ilct_jax import checkpointing, consistency, parallel, storage
@@ -242,21 +243,35 @@ def format_summary(s: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-  """The command line (see the module docstring)."""
-  p = argparse.ArgumentParser(prog="python -m ilct_jax.lab.inspect_run")
-  p.add_argument("workdir", help="run directory (local or gs://)")
-  p.add_argument("--base", default=None, help="config to diff against")
-  p.add_argument("--out", default=None, help="PNG of the sample grids")
-  p.add_argument("--ema", type=float, default=None, help="EMA decay (0=online)")
-  p.add_argument("--num", type=int, default=16, help="samples per grid")
-  args = p.parse_args(argv)
+_USAGE = "usage: python -m ilct_jax.lab.inspect_run WORKDIR [--flags]"
+
+
+def _flag_values() -> flags.FlagValues:
+  """The command's absl flags, on a FlagValues of its own."""
+  fv = flags.FlagValues()
+  define = dict(flag_values=fv)
+  flags.DEFINE_string("base", None, "Config to diff against.", **define)
+  flags.DEFINE_string("out", None, "PNG of the sample grids.", **define)
+  flags.DEFINE_float("ema", None, "EMA decay (0 = online).", **define)
+  flags.DEFINE_integer("num", 16, "Samples per grid.", **define)
+  return fv
+
+
+def main(argv: list[str]) -> None:
+  """The command line (see the module docstring; absl flag syntax)."""
+  fv = _flag_values()
+  if {"-h", "--help", "--helpshort"} & set(argv):
+    raise SystemExit(f"{_USAGE}\n{fv.get_help()}")
+  try:
+    rest = fv(["inspect_run", *argv])[1:]
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}\n{_USAGE}") from None
+  if len(rest) != 1:
+    raise SystemExit(_USAGE)
   analysis.quiet_logs()
-  summary = summarize(
-    args.workdir, base=args.base, out=args.out, ema=args.ema, num=args.num
-  )
+  summary = summarize(rest[0], base=fv.base, out=fv.out, ema=fv.ema, num=fv.num)
   print(format_summary(summary))
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])
