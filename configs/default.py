@@ -54,6 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   # measured cheapest on the platform of the devices a program is compiled
   # for (docs/DESIGN.md, kernels by target). Same parameters and values.
   model.kernels = ml_collections.ConfigDict()
+  # auto (the platform's row) | plain (XLA formulas) | cpu_tuned (the
+  # hand-written forms); a kernel's own field below overrides it.
+  model.kernels.forms = "auto"
   model.kernels.conv = "auto"  # auto | cpu (XLA:CPU-tuned forms) | xla.
   model.kernels.norm = "auto"  # auto | custom (hand-written backward) | xla.
   model.kernels.attention = "auto"  # auto | custom | xla.

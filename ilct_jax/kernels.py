@@ -5,7 +5,10 @@ from the platform of the devices the program is compiled for (the mesh), not
 from the host's default backend: a TPU program compiled on a CPU host
 (`python -m ilct_jax.preflight`) gets the TPU forms.
 
-The choices (`model.kernels.*` in the config, each "auto" by default):
+The switch is `model.kernels.forms`: "auto" (the default) takes the row of
+`AUTO` for the platform, "plain" the XLA formulas for every kernel, and
+"cpu_tuned" the hand-written forms for every kernel (`FORMS`). Each kernel
+also has its own field (`model.kernels.<name>`, "auto" = follow `forms`):
 
   conv       "cpu": the forms tuned for XLA:CPU (1x1 convolutions as channel
              GEMMs, 3x3 convolutions of small maps as im2col GEMMs, gradient
@@ -130,6 +133,16 @@ def platform_of(target: Target = None) -> str:
   return name
 
 
+# `model.kernels.forms`, the one switch over all three: "auto" takes each
+# kernel's row of AUTO for the platform; "plain" the XLA formulas everywhere
+# (the forms every other is tested against); "cpu_tuned" the hand-written
+# forms everywhere. A kernel's own field, when not "auto", overrides it.
+FORMS = {
+  "plain": {"conv": "xla", "norm": "xla", "attention": "xla"},
+  "cpu_tuned": {"conv": "cpu", "norm": "custom", "attention": "custom"},
+}
+
+
 def _field(config: ml_collections.ConfigDict | None, name: str) -> str:
   return "auto" if config is None else str(config.kernels[name])
 
@@ -147,6 +160,9 @@ def select(
     ValueError: a `model.kernels` value that is not a known form.
   """
   platform = platform_of(target)
+  forms = _field(model_config, "forms")
+  choices.check("model.kernels.forms", forms, ("auto", *FORMS))
+  row = AUTO[platform] if forms == "auto" else FORMS[forms]
   picked = {}
   for name, allowed in (
     ("conv", CONV),
@@ -155,5 +171,5 @@ def select(
   ):
     value = _field(model_config, name)
     choices.check(f"model.kernels.{name}", value, ("auto", *allowed))
-    picked[name] = AUTO[platform][name] if value == "auto" else value
+    picked[name] = row[name] if value == "auto" else value
   return Kernels(platform=platform, **picked)

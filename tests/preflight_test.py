@@ -71,6 +71,26 @@ def test_select_resolves_auto_per_platform_and_keeps_overrides(tiny_config):
     kernels.select(m, "tpu")
 
 
+def test_one_switch_picks_plain_or_hand_written_forms(tiny_config):
+  """model.kernels.forms: plain (XLA formulas) or cpu_tuned (hand-written)
+  on any platform; a kernel's own field still overrides it."""
+  m = tiny_config.model
+  m.kernels.forms = "plain"
+  for platform in kernels.PLATFORMS:
+    assert kernels.select(m, platform) == kernels.Kernels(
+      platform, "xla", "xla", "xla"
+    )
+  m.kernels.forms = "cpu_tuned"
+  assert kernels.select(m, "tpu") == kernels.Kernels(
+    "tpu", "cpu", "custom", "custom"
+  )
+  m.kernels.norm = "xla"
+  assert kernels.select(m, "tpu").norm == "xla"
+  m.kernels.forms = "fast"
+  with pytest.raises(ValueError, match="model.kernels.forms='fast'"):
+    kernels.select(m, "cpu")
+
+
 @pytest.mark.parametrize("name", norms.NORMS)
 def test_norm_forms_agree(name):
   """The plain formula and the hand-written backward: same values, grads."""
