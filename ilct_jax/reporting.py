@@ -1,23 +1,19 @@
-"""What a training run reports: TensorBoard, the console, progress and ETA.
+"""What a training run reports: TensorBoard and the console.
 
 Process 0 writes TensorBoard event files into the workdir (clu's
 SummaryWriter: TensorFlow, imported lazily) and the console; every other
-process logs scalars to the console through `ConsoleWriter` and reports no
-progress, so it never imports clu's writers or TensorFlow. Per log step: the
-step's scalars averaged over the window, one `steps_per_sec` series and
-`images_per_sec`, and histograms of the per-sample TD residual RMS by noise
-level (the per-sample values come out of the jitted step). Once: the config as
-hparams (a readable multi-line block on the console, not one long line), a
-parameter overview, the step's compile time and memory. Progress and ETA count
-training time only: sample grids, checkpoints and FID run inside
-`TrainProgress.timed` and are excluded from the rate, as they are from the
-remaining work.
+process logs scalars to the console through `ConsoleWriter` (and reports no
+progress: progress.py), so it never imports clu's writers or TensorFlow.
+Per log step: the step's scalars averaged over the window, one
+`steps_per_sec` series and `images_per_sec`, and histograms of the
+per-sample TD residual RMS by noise level (the per-sample values come out of
+the jitted step). Once: the config as hparams (a readable multi-line block
+on the console, not one long line), a parameter overview, the step's compile
+time and memory. The progress lines and their ETA are progress.py's.
 """
 
-import contextlib
 import json
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -180,88 +176,6 @@ def write_window(
     if writers.summary is not None and hists:
       writers.summary.write_histograms(step, hists)
   return scalars
-
-
-def _progress_class():
-  from clu import periodic_actions  # Lazy: imports TensorFlow.
-
-  class TrainProgress(periodic_actions.ReportProgress):
-    """clu's ReportProgress with rate and ETA over training time only.
-
-    Time spent in `timed(...)` blocks (sample grids, checkpoints, FID) is
-    taken out of the interval before the rate is computed, so the ETA does
-    not jump after each of them.
-    """
-
-    def __init__(self, *, batch_size: int, **kwargs):
-      super().__init__(**kwargs)
-      self._batch = batch_size
-      self._excluded = 0.0
-
-    def _apply(self, step: int, t: float):
-      excluded = sum(self._time_per_part.values())
-      train_time = (t - self._previous_time) - (excluded - self._excluded)
-      self._excluded = excluded
-      rate = (step - self._previous_step) / max(train_time, 1e-9)
-      message = f"step {step}: {rate:.2f} steps/s"
-      if self._num_train_steps:
-        eta = (self._num_train_steps - step) / max(rate, 1e-9)
-        message += (
-          f", {100 * step / self._num_train_steps:.1f}% of "
-          f"{self._num_train_steps}, ETA {_format_eta(eta)}"
-        )
-      if self._time_per_part:
-        parts = ", ".join(
-          f"{name} {dt:.0f}s"
-          for name, dt in sorted(self._time_per_part.items())
-        )
-        message += f" (outside training: {parts})"
-      logging.info("%s", message)
-      if self._writer is not None:
-        self._writer.write_scalars(
-          step,
-          {
-            "steps_per_sec": rate,
-            "images_per_sec": rate * self._batch,
-            "uptime": time.monotonic() - self._t0,
-          },
-        )
-
-  return TrainProgress
-
-
-class _Silent:
-  """Progress of the processes other than 0: process 0 reports it."""
-
-  def __call__(self, step: int) -> bool:
-    del step
-    return False
-
-  def timed(self, name: str, wait_jax_async_dispatch: bool = True):
-    del name, wait_jax_async_dispatch
-    return contextlib.nullcontext()
-
-
-def make_progress(num_steps: int, batch_size: int, writers: Writers):
-  """The run's progress reporter (every 60 s and at the last step), on
-  process 0 only."""
-  if jax.process_index() != 0:
-    return _Silent()
-  return _progress_class()(
-    num_train_steps=num_steps, writer=writers.all, batch_size=batch_size
-  )
-
-
-def _format_eta(seconds: float) -> str:
-  seconds = int(seconds)
-  days, rest = divmod(seconds, 86400)
-  hours, rest = divmod(rest, 3600)
-  minutes, secs = divmod(rest, 60)
-  if days:
-    return f"{days}d{hours:02d}h{minutes:02d}m"
-  return (
-    f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-  )
 
 
 def make_profiler(train: ml_collections.ConfigDict, logdir: str):

@@ -31,6 +31,7 @@ from ilct_jax import (
   run_config,
   storage,
 )
+from ilct_jax import progress as progress_lib
 from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
@@ -209,8 +210,8 @@ class _Run:
     self.config, self.workdir, self.mngr = config, workdir, mngr
     self.meta, self.writers, self.train_fn = meta, writers, train_fn
     self.steps = meta["total_steps"]
-    self.progress = reporting.make_progress(
-      self.steps, config.train.batch_size, writers
+    self.progress = progress_lib.train_progress(
+      self.steps, config.train.batch_size, writers.all
     )
     self.profiler = reporting.make_profiler(config.train, workdir)
 

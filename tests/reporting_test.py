@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from ilct_jax import progress as progress_lib
 from ilct_jax import reporting
 
 
@@ -56,9 +57,7 @@ def test_window_means_rates_and_keeps_states_and_bins_residuals():
 
 def test_eta_excludes_time_in_timed_blocks(tmp_path):
   recorder = _Recorder()
-  writers = _Writers()
-  writers.all = recorder
-  progress = reporting.make_progress(100, 8, writers)
+  progress = progress_lib.train_progress(100, 8, recorder)
   progress._previous_step, progress._previous_time = 0, time.monotonic()
   progress._time_per_part["samples"] = 3.0  # 3 s outside training ...
   progress._apply(10, progress._previous_time + 4.0)  # ... of 4 s in all.
