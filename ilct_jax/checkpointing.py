@@ -407,6 +407,7 @@ def load_run(
   what: str = "state",
   ema_decay: float | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  abstract: state_lib.TrainState | None = None,
 ) -> Run:
   """Opens a run from its workdir: config, then a verified abstract restore.
 
@@ -420,14 +421,18 @@ def load_run(
     mesh: devices to place the result on (default: all present devices,
       replicated). Works on any device count: checkpoints are
       topology-independent.
+    abstract: the restore target on `mesh` (`Setup.abstract_state`, so that
+      a program opening several checkpoints traces it once); None: traced
+      here.
 
   Returns:
     A Run. Nothing is initialised or compiled to build the target.
   """
   choices.check("what", what, WHAT)
   config = run_config.read_config(workdir) if config is None else config
-  mesh = parallel.make_mesh() if mesh is None else mesh
-  abstract = state_lib.abstract_sharded_state(config, mesh)  # One trace.
+  if abstract is None:  # One trace of the init.
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    abstract = state_lib.abstract_sharded_state(config, mesh)
   mngr = create_manager(workdir, config.train, read_only=True)
   try:
     if what == "state":

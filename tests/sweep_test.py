@@ -85,3 +85,19 @@ def test_paper_configs_keep_the_last_100_epochs():
     )
   c.train.keep_last_epochs = 0
   assert checkpointing.window_start(c.train, 10, 10) is None
+
+
+def test_a_sweep_traces_the_state_once(run_dir, tmp_path, monkeypatch):
+  """Four (step, EMA) checkpoints opened against one Setup's abstract
+  state: the init is traced once for the whole sweep (was once each)."""
+  from ilct_jax import state as state_lib
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(run_dir, workdir)
+  config = run_config.read_config(workdir)
+  real, calls = state_lib._init, []
+  monkeypatch.setattr(
+    state_lib, "_init", lambda *a, **k: calls.append(1) or real(*a, **k)
+  )
+  rows = sweep.run(config, workdir, evaluate_fn=_fake_fid, log=lambda s: None)
+  assert len(rows) == 4 and len(calls) == 1

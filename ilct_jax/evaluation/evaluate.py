@@ -35,6 +35,7 @@ from ilct_jax import (
   sampling,
   storage,
 )
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 from ilct_jax.evaluation import fid, fid_samples, image_files
@@ -189,7 +190,7 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
   record written to workdir/eval/metrics_<step>.json.
   """
   check_eval_config(config)
-  ev, mesh = config.eval, parallel.make_mesh()
+  ev, setup = config.eval, setup_lib.build(config)
   if ev.inception_size != inception.FID_SIZE:
     logging.warning("eval.inception_size != 299: FID not comparable to papers")
   step = None if ev.step < 0 else ev.step
@@ -199,7 +200,8 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
     step=step,
     what="ema",
     ema_decay=ema_decay(config),
-    mesh=mesh,
+    mesh=setup.mesh,
+    abstract=setup.abstract_state,
   )
   step, params = opened.step, opened.params
   out_dir = storage.join(workdir, "eval")

@@ -19,7 +19,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from ilct_jax import checkpointing, parallel, storage
+from ilct_jax import checkpointing, storage
+from ilct_jax import setup as setup_lib
 from ilct_jax.evaluation import evaluate
 
 SWEEP_FILE = "metrics_sweep.json"
@@ -86,7 +87,7 @@ def run(
     raise FileNotFoundError(
       f"no checkpoints under {workdir}; train first (--mode=train)"
     )
-  path, mesh = sweep_path(workdir), parallel.make_mesh()
+  path, setup = sweep_path(workdir), setup_lib.build(config)
   rows = read_rows(path)
   done = {(r["step"], r["ema_decay"]) for r in rows}
   todo = [p for p in plan(steps, config.ema.decays) if p not in done]
@@ -98,7 +99,8 @@ def run(
       step=step,
       what="ema",
       ema_decay=decay,
-      mesh=mesh,
+      mesh=setup.mesh,
+      abstract=setup.abstract_state,  # One trace for the whole sweep.
     )
     results = evaluate_fn(config, opened.params, config.eval.num_samples)
     rows.append(

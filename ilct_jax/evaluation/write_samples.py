@@ -15,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from ilct_jax import checkpointing, parallel, rng, sampling, storage
+from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
 from ilct_jax.evaluation import image_files
@@ -149,14 +150,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     Mapping of sampler name to the written PNG (or .npz) path.
   """
   step = None if config.sample.step < 0 else config.sample.step
-  opened = checkpointing.load_run(workdir, config=config, step=step, what="ema")
+  setup = setup_lib.build(config)
+  opened = checkpointing.load_run(
+    workdir,
+    config=config,
+    step=step,
+    what="ema",
+    mesh=setup.mesh,
+    abstract=setup.abstract_state,
+  )
   out_dir = storage.join(workdir, "samples")
   written = {}
   ema = config.sample.ema_decay
-  samples = sample_images(config, opened.params, config.sample.num)
+  samples = sample_images(config, opened.params, config.sample.num, setup.mesh)
   for name, (x, images) in samples.items():
     stem = storage.join(out_dir, f"{name}_step{opened.step}_ema{ema}")
-    sigmas = sampling.samplers(config)[name]
+    sigmas = setup.samplers[name]
     arrays = {"samples": x, "sigmas": np.asarray(sigmas)}
     if images is not None:
       arrays["images"] = images
