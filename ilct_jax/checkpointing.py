@@ -17,9 +17,8 @@ tried. Only a difference in the tree or shapes against the current config is
 reported as a config change (CheckpointMismatchError). Every process calls
 save and restore (orbax coordinates the hosts); process 0 moves damaged steps.
 
-`load_run(workdir)` opens a run from its workdir alone: the config from
-config.json, the state (or only the parameters, or one EMA) restored into an
-abstract target sharded over the devices present, with no initialisation.
+`load_run(workdir)` opens a run from its workdir alone: config.json, then the
+state, the parameters or one EMA restored into an abstract target.
 """
 
 import dataclasses
@@ -421,9 +420,8 @@ def load_run(
     mesh: devices to place the result on (default: all present devices,
       replicated). Works on any device count: checkpoints are
       topology-independent.
-    abstract: the restore target on `mesh` (`Setup.abstract_state`, so that
-      a program opening several checkpoints traces it once); None: traced
-      here.
+    abstract: the restore target on `mesh` (`Setup.abstract_state`); None
+      traces it here.
 
   Returns:
     A Run. Nothing is initialised or compiled to build the target.
