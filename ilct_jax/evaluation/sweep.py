@@ -58,6 +58,19 @@ def table(rows: list[dict[str, Any]], samplers) -> str:
   return "\n".join(out)
 
 
+def _open(workdir: str, config: Config, setup, step: int, decay: float):
+  """One (step, EMA) of the run, against the sweep's one abstract state."""
+  return checkpointing.load_run(
+    workdir,
+    config=config,
+    step=step,
+    what="ema",
+    ema_decay=decay,
+    mesh=setup.mesh,
+    abstract=setup.abstract_state,
+  )
+
+
 def run(
   config: Config,
   workdir: str,
@@ -93,15 +106,7 @@ def run(
   todo = [p for p in plan(steps, config.ema.decays) if p not in done]
   log(f"sweep: {len(done)} done, {len(todo)} to evaluate -> {path}")
   for i, (step, decay) in enumerate(todo, 1):
-    opened = checkpointing.load_run(
-      workdir,
-      config=config,
-      step=step,
-      what="ema",
-      ema_decay=decay,
-      mesh=setup.mesh,
-      abstract=setup.abstract_state,  # One trace for the whole sweep.
-    )
+    opened = _open(workdir, config, setup, step, decay)
     results = evaluate_fn(config, opened.params, config.eval.num_samples)
     rows.append(
       dict(
