@@ -7,7 +7,7 @@ and the compile cache are `parallel.start_cluster`.
 """
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import ml_collections
 from absl import app, flags
@@ -31,6 +31,21 @@ def config_of_run(
       value = values[name].value
       node[leaf] = tuple(value) if isinstance(value, list) else value
   return config
+
+
+def parse_own(
+  fv: flags.FlagValues, argv: Sequence[str], usage: str
+) -> list[str]:
+  """Parses `argv` (no program name) into `fv`, a FlagValues of the
+  command's own (so a lab program's `main(argv)` can run more than once in
+  a process); returns the positional arguments. --help prints `usage` and
+  the flags; a bad flag exits with one line and `usage`."""
+  if {"-h", "--help", "--helpshort"} & set(argv):
+    raise SystemExit(f"{usage}\n{fv.get_help()}")
+  try:
+    return fv(["program", *argv])[1:]
+  except flags.Error as e:
+    raise SystemExit(f"error: {e}\n{usage}") from None
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -32,7 +32,14 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from ilct_jax import checkpointing, consistency, parallel, run_config, storage
+from ilct_jax import (
+  checkpointing,
+  cli,
+  consistency,
+  parallel,
+  run_config,
+  storage,
+)
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits, latents, tfds_images
 from ilct_jax.lab.run_files import (
@@ -413,12 +420,7 @@ def _flag_values() -> flags.FlagValues:
 def parse_args(argv: Sequence[str]) -> tuple[str, flags.FlagValues]:
   """(figure, flag values) of the command line (absl flag syntax)."""
   fv = _flag_values()
-  if {"-h", "--help", "--helpshort"} & set(argv):
-    raise SystemExit(f"{_USAGE}\n{fv.get_help()}")
-  try:
-    rest = fv(["analysis", *argv])[1:]
-  except flags.Error as e:
-    raise SystemExit(f"error: {e}\n{_USAGE}") from None
+  rest = cli.parse_own(fv, argv, _USAGE)
   if not rest or rest[0] not in FIGURES or len(rest) > 2:
     raise SystemExit(_USAGE)
   if len(rest) == 2:

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 
 import ilct_jax
-from ilct_jax import checkpointing, consistency, parallel, storage
+from ilct_jax import checkpointing, cli, consistency, parallel, storage
 from ilct_jax import state as state_lib
 from ilct_jax.evaluation import image_files, write_samples
 from ilct_jax.lab import analysis, run_files
@@ -260,12 +260,7 @@ def _flag_values() -> flags.FlagValues:
 def main(argv: list[str]) -> None:
   """The command line (see the module docstring; absl flag syntax)."""
   fv = _flag_values()
-  if {"-h", "--help", "--helpshort"} & set(argv):
-    raise SystemExit(f"{_USAGE}\n{fv.get_help()}")
-  try:
-    rest = fv(["inspect_run", *argv])[1:]
-  except flags.Error as e:
-    raise SystemExit(f"error: {e}\n{_USAGE}") from None
+  rest = cli.parse_own(fv, argv, _USAGE)
   if len(rest) != 1:
     raise SystemExit(_USAGE)
   analysis.quiet_logs()
