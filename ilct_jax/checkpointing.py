@@ -17,8 +17,8 @@ tried. Only a difference in the tree or shapes against the current config is
 reported as a config change (CheckpointMismatchError). Every process calls
 save and restore (orbax coordinates the hosts); process 0 moves damaged steps.
 
-`load_run(workdir)` opens a run from its workdir alone: config.json, then the
-state, the parameters or one EMA restored into an abstract target.
+Opening a run from its workdir alone (config.json, then a part of a step) is
+`runs.load_run`.
 """
 
 import dataclasses
@@ -31,13 +31,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as cm
 
-from ilct_jax import choices, integrity, parallel, run_config, storage
-from ilct_jax import state as state_lib
+from ilct_jax import integrity, parallel, storage
 
 PyTree = Any
 CHECKPOINTS = "checkpoints"
 DAMAGED = "damaged_checkpoints"
-WHAT = ("state", "params", "ema")
 
 
 class _QuietOrbax(logging_std.Filter):
@@ -117,7 +115,7 @@ def create_manager(
 
 def save(
   mngr: ocp.CheckpointManager,
-  state: state_lib.TrainState,
+  state: PyTree,
   meta: dict[str, Any],
   *,
   step: int,
@@ -172,7 +170,7 @@ def check_meta(saved: dict[str, Any], current: dict[str, Any]) -> None:
 # ------------------------------------------------------------ restore
 
 
-def _step_dir(mngr: ocp.CheckpointManager, step: int):
+def step_dir(mngr: ocp.CheckpointManager, step: int):
   return mngr.directory / str(step)
 
 
@@ -180,7 +178,7 @@ def _saved_shapes(mngr, step: int) -> dict[str, tuple[int, ...]]:
   """{path: shape} of the saved state (raises if its metadata is damaged)."""
   checkpointer = ocp.StandardCheckpointer()
   try:
-    md = checkpointer.metadata(_step_dir(mngr, step) / "state")
+    md = checkpointer.metadata(step_dir(mngr, step) / "state")
   finally:
     checkpointer.close()
   tree = getattr(getattr(md, "item_metadata", md), "tree", None)
@@ -189,7 +187,7 @@ def _saved_shapes(mngr, step: int) -> dict[str, tuple[int, ...]]:
   return {p: tuple(x.shape) for p, x in integrity.leaf_paths(tree)}
 
 
-def _check_tree(mngr, step: int, target: PyTree, config) -> None:
+def check_tree(mngr, step: int, target: PyTree, config) -> None:
   """CheckpointMismatchError if the saved tree or shapes differ from target.
 
   Raises other errors (to be treated as damage) if the metadata is unreadable.
@@ -216,7 +214,7 @@ def _check_tree(mngr, step: int, target: PyTree, config) -> None:
 
 def _move_aside(mngr: ocp.CheckpointManager, step: int, why: str) -> None:
   """Moves a damaged step to WORKDIR/damaged_checkpoints (process 0)."""
-  src = _step_dir(mngr, step)
+  src = step_dir(mngr, step)
   root = mngr.directory.parent / DAMAGED
   dst, k = root / str(step), 1
   if jax.process_index() == 0:
@@ -269,7 +267,7 @@ def _candidates(mngr, step: int | None) -> list[int]:
 def _try_restore(mngr, step: int, abstract, config):
   """(state, meta, None) if `step` passes verification, else (.., why)."""
   try:
-    _check_tree(mngr, step, abstract, config)
+    check_tree(mngr, step, abstract, config)
     state, meta = _restore_one(mngr, step, abstract)
     return state, meta, integrity.verify(state, meta.get("checksums"))
   except CheckpointMismatchError:
@@ -281,9 +279,9 @@ def _try_restore(mngr, step: int, abstract, config):
 def restore(
   mngr: ocp.CheckpointManager,
   config: ml_collections.ConfigDict,
-  target: state_lib.TrainState,
+  target: PyTree,
   step: int | None = None,
-) -> tuple[state_lib.TrainState, dict[str, Any]]:
+) -> tuple[PyTree, dict[str, Any]]:
   """Restores and verifies a state into the shardings of `target`.
 
   Args:
@@ -325,126 +323,3 @@ def restore(
     f"{mngr.directory.parent / DAMAGED} unless read-only); the run cannot "
     "resume: start a new --workdir or put back a good copy"
   )
-
-
-# ------------------------------------------------------------ load_run
-
-
-@dataclasses.dataclass
-class Run:
-  """An opened run: its config, the restored step and what was restored.
-
-  Attributes:
-    config: the run's config (from config.json unless one was passed).
-    step: the checkpoint step.
-    meta: the checkpoint's run facts.
-    state: the whole TrainState (what="state"), else None.
-    params: the parameters asked for (what="params" or "ema"), else None.
-  """
-
-  config: ml_collections.ConfigDict
-  step: int
-  meta: dict[str, Any]
-  state: state_lib.TrainState | None = None
-  params: PyTree | None = None
-
-
-def _partial_restore(mngr, step: int, target: dict) -> PyTree:
-  """Restores only the subtrees of `target` (e.g. {"params": ...})."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  try:
-    return checkpointer.restore(
-      _step_dir(mngr, step) / "state",
-      args=ocp.args.PyTreeRestore(
-        item=target,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True,
-      ),
-    )
-  finally:
-    checkpointer.close()
-
-
-def _ema_index(config: ml_collections.ConfigDict, decay: float) -> int:
-  decays = [float(d) for d in config.ema.decays]
-  for i, d in enumerate(decays):
-    if abs(d - decay) < 1e-12:
-      return i
-  raise ValueError(
-    f"EMA decay {decay} is not tracked by this run (ema.decays={decays}); "
-    "choose one of them (0 = the online parameters)"
-  )
-
-
-def _load_part(mngr, config, step, what, decay, abstract):
-  """(params tree, meta) of `what` at `step`, verified."""
-  if what == "params" or decay == 0:
-    target = {"params": abstract.params}
-  else:
-    target = {"ema_params": list(abstract.ema_params)}
-  meta = dict(
-    mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
-      "meta"
-    ]
-  )
-  restored = _partial_restore(mngr, step, target)
-  why = integrity.verify(restored, meta.get("checksums"))
-  if why is not None:
-    raise CheckpointDamagedError(
-      f"checkpoint step {step} in {mngr.directory} is damaged ({why})"
-    )
-  if "params" in target:
-    return restored["params"], meta
-  return restored["ema_params"][_ema_index(config, decay)], meta
-
-
-def load_run(
-  workdir: str,
-  *,
-  config: ml_collections.ConfigDict | None = None,
-  step: int | None = None,
-  what: str = "state",
-  ema_decay: float | None = None,
-  mesh: jax.sharding.Mesh | None = None,
-  abstract: state_lib.TrainState | None = None,
-) -> Run:
-  """Opens a run from its workdir: config, then a verified abstract restore.
-
-  Args:
-    workdir: the run directory (local or gs://).
-    config: use this config instead of WORKDIR/config.json.
-    step: checkpoint step (None: the newest step that passes verification).
-    what: "state" (the whole TrainState), "params" (online parameters) or
-      "ema" (the EMA of `ema_decay`; 0 means the online parameters).
-    ema_decay: for what="ema" (default: the config's sample.ema_decay).
-    mesh: devices to place the result on (default: all present devices,
-      replicated). Works on any device count: checkpoints are
-      topology-independent.
-    abstract: the restore target on `mesh` (`Setup.abstract_state`); None
-      traces it here.
-
-  Returns:
-    A Run. Nothing is initialised or compiled to build the target.
-  """
-  choices.check("what", what, WHAT)
-  config = run_config.read_config(workdir) if config is None else config
-  if abstract is None:  # One trace of the init.
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    abstract = state_lib.abstract_sharded_state(config, mesh)
-  mngr = create_manager(workdir, config.train, read_only=True)
-  try:
-    if what == "state":
-      state, meta = restore(mngr, config, abstract, step)
-      return Run(config, int(jax.device_get(state.step)), meta, state=state)
-    step = mngr.latest_step() if step is None else step
-    if step is None or step not in mngr.all_steps():
-      raise FileNotFoundError(
-        f"no checkpoint step {step} under {mngr.directory} (available: "
-        f"{sorted(mngr.all_steps())}); train first or pick another step"
-      )
-    _check_tree(mngr, step, abstract, config)
-    decay = config.sample.ema_decay if ema_decay is None else ema_decay
-    params, meta = _load_part(mngr, config, step, what, decay, abstract)
-    return Run(config, step, meta, params=params)
-  finally:
-    mngr.close()

@@ -6,7 +6,7 @@ gathers the facts every program of a run needs: the network with its
 kernels chosen for the mesh, the example shape, the total steps and the
 run facts a checkpoint is checked against, the abstract state (the target
 of restores and of ahead-of-time compiles) and the samplers' sigmas.
-Training, opening a run (`checkpointing.load_run`: sample, eval, inspect,
+Training, opening a run (`runs.load_run`: sample, eval, inspect,
 the notebook), the benchmark and the preflight each build one and pass it
 on, so no program re-derives these from the whole config
 (docs/DESIGN.md, from a batch to a checkpoint).

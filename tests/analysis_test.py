@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import checkpointing, consistency, run_config
+from ilct_jax import consistency, run_config, runs
 from ilct_jax import state as state_lib
 from ilct_jax.data import digits
 from ilct_jax.lab import analysis, run_files
@@ -202,7 +202,7 @@ def test_td_residuals_of_a_checkpoint(run_dir, tmp_path, capsys):
   assert len(rows) == 1 and len(rows[0]) == 10
   assert Image.open(out).size[0] > 300
   # The same numbers from consistency_fn directly, for index 20.
-  run = checkpointing.load_run(run_dir, what="ema", ema_decay=0.9)
+  run = runs.load_run(run_dir, what="ema", ema_decay=0.9)
   ct = run.config.ct
   grid = consistency.karras_grid(41, 41, ct.sigma_min, ct.sigma_max, ct.rho)
   x0 = analysis.run_data(run.config, 32, seed=0)

@@ -24,6 +24,7 @@ from ilct_jax import (
   integrity,
   parallel,
   run_config,
+  runs,
   storage,
   train,
 )
@@ -235,23 +236,23 @@ def test_checkpoint_moves_between_8_and_1_devices(
 def test_load_run_from_config_json_params_and_one_ema(golden, tmp_path):
   workdir = _copy(golden, tmp_path)
   final = golden["final"]
-  run = checkpointing.load_run(workdir)  # No config: config.json.
+  run = runs.load_run(workdir)  # No config: config.json.
   assert run.step == 6 and run.config.model.channel_mult == (1,)
   chex.assert_trees_all_equal(
     jax.device_get(run.state.params), jax.device_get(final.params)
   )
   one = parallel.make_mesh(jax.devices()[:1])
-  params = checkpointing.load_run(workdir, what="params", mesh=one).params
+  params = runs.load_run(workdir, what="params", mesh=one).params
   chex.assert_trees_all_equal(
     jax.device_get(params), jax.device_get(final.params)
   )
   assert jax.tree.leaves(params)[0].sharding.mesh.size == 1
-  ema = checkpointing.load_run(workdir, what="ema", ema_decay=0.99).params
+  ema = runs.load_run(workdir, what="ema", ema_decay=0.99).params
   chex.assert_trees_all_equal(
     jax.device_get(ema), jax.device_get(final.ema(0.99))
   )
   with pytest.raises(ValueError, match="EMA decay 0.5 is not tracked"):
-    checkpointing.load_run(workdir, what="ema", ema_decay=0.5)
+    runs.load_run(workdir, what="ema", ema_decay=0.5)
   assert storage.exists(os.path.join(workdir, "config.json"))
 
 

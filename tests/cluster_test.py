@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, parallel, preemption, train
+from ilct_jax import parallel, preemption, train
+from ilct_jax import runs as runs_lib
 from tests import cli_config
 from tests.cluster import Cluster
 
@@ -49,7 +50,7 @@ def _losses(workdir) -> dict[int, float]:
 
 
 def _params(workdir, step=None):
-  run = checkpointing.load_run(str(workdir), step=step, what="params")
+  run = runs_lib.load_run(str(workdir), step=step, what="params")
   return run.step, jax.device_get(run.params)
 
 

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, parallel, run_config, storage, train
+from ilct_jax import checkpointing, parallel, run_config, runs, storage, train
 from ilct_jax.data import image_prep, latents
 from ilct_jax.evaluation import fid, image_files, write_samples
 from ilct_jax.models import vae as vae_lib
@@ -212,6 +212,6 @@ def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
   assert any(p.startswith("run/checkpoints/6/state/") for p in objects)
   assert "run/samples/onestep_step6_ema0.9.png" in objects
   assert not any(p.startswith("gs:") for p in os.listdir(tmp_path))
-  opened = checkpointing.load_run(workdir, what="params")
+  opened = runs.load_run(workdir, what="params")
   assert opened.step == 6 and opened.config.train.ckpt_every == 2
   assert os.listdir(tmp_path / "tb")  # The one redirected component.

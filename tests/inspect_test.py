@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ilct_jax import checkpointing, consistency, parallel, storage
+from ilct_jax import consistency, parallel, runs, storage
 from ilct_jax.evaluation import write_samples
 from ilct_jax.lab import inspect_run as run_inspect
 from ilct_jax.models import unet
@@ -58,7 +58,7 @@ def test_checkpoints_config_diff_and_parameters(summary, run_dir, tiny_config):
   text = run_inspect.format_summary(summary)
   assert "  data.source: digits (latents)" in text.splitlines()
   assert "  model.model_channels: 16 (128)" in text.splitlines()
-  restored = checkpointing.load_run(
+  restored = runs.load_run(
     run_dir, what="params", mesh=parallel.make_mesh(jax.devices()[:1])
   )
   total = unet.count_params(restored.params)
@@ -100,7 +100,7 @@ def test_grids_png(summary):
 def test_grids_show_the_samples_of_the_training_grids(summary, run_dir):
   # write_samples.sample_images (training grids, --mode=sample) on all 8 devices
   # draws the same samples as the one-device grids of the summary.
-  run = checkpointing.load_run(run_dir, what="ema", ema_decay=0.9)
+  run = runs.load_run(run_dir, what="ema", ema_decay=0.9)
   want = write_samples.sample_images(run.config, run.params, 16)
   for name, (_, images) in want.items():
     np.testing.assert_array_equal(summary["batches"][name], images)

@@ -118,3 +118,18 @@ def test_the_library_never_imports_the_lab():
   for name in sorted(library):
     lab = [t for t in _imports(modules[name]) if t.startswith("lab")]
     assert not lab, f"{name} imports the lab: {lab}"
+
+
+def test_the_data_layer_stands_below_the_core():
+  """data/* imports no module of the training core (state, step, setup,
+  checkpointing, runs) and sits in a lower layer than they do."""
+  layers = _layers()
+  for core in ("state", "step", "setup", "checkpointing", "runs"):
+    assert layers["data"] < layers[core], core
+  modules = _module_names()
+  data = [m for m in modules if m.startswith("data")]
+  assert len(data) >= 8
+  for name in data:
+    for target in _imports(modules[name]):
+      key = _placed(target, layers) or _placed(target.rsplit("/", 1)[0], layers)
+      assert layers[key] < layers["state"] or key == "data", (name, target)

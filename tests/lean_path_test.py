@@ -2,7 +2,7 @@
 
 A subprocess blocks those packages (any import of them raises) and then
 imports the modules a notebook or `--mode=sample` uses, opens the tiny run
-with `checkpointing.load_run`, samples it with both samplers and runs
+with `runs.load_run`, samples it with both samplers and runs
 `python -m ilct_jax.main --mode=sample` itself.
 """
 
@@ -52,11 +52,11 @@ def test_open_and_sample_a_run_without_tf_tfds_ott_clu(run_dir, tmp_path):
   r = _run(
     f"""
     import sys
-    from ilct_jax import checkpointing, sampling
+    from ilct_jax import runs, sampling
     from ilct_jax.lab import inspect_run
     from ilct_jax.models import vae, autoencoder
     from ilct_jax.evaluation import write_samples
-    opened = checkpointing.load_run({workdir!r}, what="ema")
+    opened = runs.load_run({workdir!r}, what="ema")
     out = write_samples.sample_images(opened.config, opened.params, 4)
     assert set(out) == set(sampling.samplers(opened.config)), out.keys()
     sys.argv = ["main", "--workdir={workdir}", "--mode=sample",
@@ -105,13 +105,13 @@ def test_notebook_requirements_cover_the_lean_path(run_dir, tmp_path):
     import importlib.metadata as md, re, sys
     import jax, matplotlib
     matplotlib.use("Agg")
-    from ilct_jax import checkpointing, parallel, sampling
+    from ilct_jax import parallel, runs, sampling
     from ilct_jax.lab import analysis
     from ilct_jax.lab import inspect_run as run_inspect
     from ilct_jax.evaluation import write_samples, image_files
     from ilct_jax.models import autoencoder, unet, vae
     mesh = parallel.make_mesh(jax.devices()[:1])
-    run = checkpointing.load_run({run_dir!r}, what="ema", mesh=mesh)
+    run = runs.load_run({run_dir!r}, what="ema", mesh=mesh)
     run_inspect.format_summary(run_inspect.summarize({run_dir!r}, num=0))
     write_samples.sample_images(run.config, run.params, 2)
     dists = md.packages_distributions()

@@ -2,7 +2,6 @@
 
 import glob
 import os
-import time
 
 import numpy as np
 import pytest
@@ -55,16 +54,27 @@ def test_window_means_rates_and_keeps_states_and_bins_residuals():
   np.testing.assert_allclose(hists["td_rms/sigma_10-80"], [0.3, 0.9], rtol=1e-6)
 
 
-def test_eta_excludes_time_in_timed_blocks(tmp_path):
+def test_eta_excludes_time_in_timed_blocks(monkeypatch, caplog):
+  clock = iter([0.0, 1.0, 2.0, 5.0, 6.0, 7.0])
+  monkeypatch.setattr(progress_lib.time, "perf_counter", lambda: next(clock))
   recorder = _Recorder()
-  progress = progress_lib.train_progress(100, 8, recorder)
-  progress._previous_step, progress._previous_time = 0, time.monotonic()
-  progress._time_per_part["samples"] = 3.0  # 3 s outside training ...
-  progress._apply(10, progress._previous_time + 4.0)  # ... of 4 s in all.
+  progress = progress_lib.train_progress(100, 8, recorder)  # t=0
+  progress(0)  # t=1: the reference point (a first step's compile is out).
+  with progress.timed("samples"):  # t=2 .. t=5: 3 s outside training ...
+    pass
+  with caplog.at_level("INFO"):
+    progress(10)  # t=6: not due (every 60 s) ...
+    progress(100)  # t=7: ... the last step always is: 100 steps in 3 s.
   step, values = recorder.scalars[-1]
-  # 10 steps in 1 s of training, not 10 steps in 4 s.
-  assert step == 10 and values["steps_per_sec"] == pytest.approx(10.0)
-  assert values["images_per_sec"] == pytest.approx(80.0)
+  # 100 steps in 6 s of which 3 s of training: 33.3 steps/s, not 16.7.
+  assert step == 100 and values["steps_per_sec"] == pytest.approx(100 / 3)
+  assert values["images_per_sec"] == pytest.approx(800 / 3)
+  assert values["uptime"] == pytest.approx(7.0)
+  assert recorder.scalars == [(100, values)]
+  assert [r.getMessage() for r in caplog.records] == [
+    "train: 100/100 steps (100.0%), 33.3 steps/s, ETA 0m00s "
+    "(outside training: samples 3s)"
+  ]
 
 
 def test_writers_put_hparams_in_tensorboard_and_a_readable_console_block(

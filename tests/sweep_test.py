@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import celeba, ffhq, lsun_church
-from ilct_jax import checkpointing, run_config, train
+from ilct_jax import checkpointing, run_config, runs, train
 from ilct_jax.evaluation import sweep
 
 
@@ -43,7 +43,7 @@ def test_sweep_ranks_every_kept_step_and_ema_and_resumes(run_dir, tmp_path):
   pairs = {(r["step"], r["ema_decay"]) for r in rows}
   assert pairs == {(s, d) for s in (3, 6) for d in config.ema.decays}
   for r in rows:  # Each row's FID is that checkpoint's EMA's.
-    opened = checkpointing.load_run(
+    opened = runs.load_run(
       workdir, step=r["step"], what="ema", ema_decay=r["ema_decay"]
     )
     want = _fake_fid(config, opened.params, 0)

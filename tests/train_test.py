@@ -10,7 +10,14 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, config_checks, integrity, parallel, train
+from ilct_jax import (
+  checkpointing,
+  config_checks,
+  integrity,
+  parallel,
+  runs,
+  train,
+)
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
 from ilct_jax.data import digits, pipeline
@@ -241,5 +248,5 @@ def test_the_state_is_traced_once_per_start(
   train.train_and_evaluate(tiny_config, workdir)  # Resumes at step 3.
   assert len(calls) == 1
   calls.clear()
-  checkpointing.load_run(workdir, what="ema")
+  runs.load_run(workdir, what="ema")
   assert len(calls) == 1

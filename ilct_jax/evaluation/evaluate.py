@@ -12,7 +12,7 @@ features. Output: WORKDIR/eval/metrics_<step>.json and TensorBoard
 python -m ilct_jax.evaluation.evaluate --config=... --stats_out=...
 """
 
-from ilct_jax import hostmem
+from ilct_jax import hostmem, runs
 
 if __name__ == "__main__":
   hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
@@ -28,7 +28,6 @@ import numpy as np
 from absl import flags, logging
 
 from ilct_jax import (
-  checkpointing,
   choices,
   parallel,
   reporting,
@@ -194,7 +193,7 @@ def run(config: Config, workdir: str) -> dict[str, Any]:
   if ev.inception_size != inception.FID_SIZE:
     logging.warning("eval.inception_size != 299: FID not comparable to papers")
   step = None if ev.step < 0 else ev.step
-  opened = checkpointing.load_run(
+  opened = runs.load_run(
     workdir,
     config=config,
     step=step,

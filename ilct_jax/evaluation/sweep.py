@@ -19,7 +19,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from ilct_jax import checkpointing, storage
+from ilct_jax import checkpointing, runs, storage
 from ilct_jax import setup as setup_lib
 from ilct_jax.evaluation import evaluate
 
@@ -60,7 +60,7 @@ def table(rows: list[dict[str, Any]], samplers) -> str:
 
 def _open(workdir: str, config: Config, setup, step: int, decay: float):
   """One (step, EMA) of the run, against the sweep's one abstract state."""
-  return checkpointing.load_run(
+  return runs.load_run(
     workdir,
     config=config,
     step=step,

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import checkpointing, parallel, rng, sampling, storage
+from ilct_jax import parallel, rng, runs, sampling, storage
 from ilct_jax import setup as setup_lib
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
@@ -151,7 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """
   step = None if config.sample.step < 0 else config.sample.step
   setup = setup_lib.build(config)
-  opened = checkpointing.load_run(
+  opened = runs.load_run(
     workdir,
     config=config,
     step=step,

@@ -33,11 +33,11 @@ import numpy as np
 from absl import flags
 
 from ilct_jax import (
-  checkpointing,
   cli,
   consistency,
   parallel,
   run_config,
+  runs,
   storage,
 )
 from ilct_jax import state as state_lib
@@ -316,9 +316,7 @@ def plot_fig4(rows: Rows) -> Any:
 def _residual_levels(args: flags.FlagValues) -> tuple[Rows, str]:
   """Residuals of --workdir's checkpoint on its final grid, and a heading."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  run = checkpointing.load_run(
-    args.workdir, what="ema", ema_decay=args.ema, mesh=mesh
-  )
+  run = runs.load_run(args.workdir, what="ema", ema_decay=args.ema, mesh=mesh)
   k, ct = int(run.meta["total_steps"]), run.config.ct
   n = int(consistency.num_scales(k - 1, k, ct.start_scales, ct.end_scales))
   indices = default_indices(n)

@@ -25,7 +25,7 @@ import numpy as np
 from absl import flags
 
 import ilct_jax
-from ilct_jax import checkpointing, cli, consistency, parallel, storage
+from ilct_jax import checkpointing, cli, consistency, parallel, runs, storage
 from ilct_jax import state as state_lib
 from ilct_jax.evaluation import image_files, write_samples
 from ilct_jax.lab import analysis, run_files
@@ -154,7 +154,7 @@ def summarize(
   """
   steps, damaged = checkpoints_on_disk(workdir)
   mesh = parallel.make_mesh(jax.devices()[:1])
-  run = checkpointing.load_run(workdir, mesh=mesh)
+  run = runs.load_run(workdir, mesh=mesh)
   config, state, ct = run.config, run.state, run.config.ct
   base = default_base() if base is None else base
   total = int(run.meta["total_steps"])
