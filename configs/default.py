@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.latent_dir = ""  # encode_latents output; the latents source reads it.
   data.encode_batch = 64  # Images per VAE call per process (encode_latents).
   data.encode_chunk = 1024  # Latents per resumable chunk file (encode_latents).
+  data.bad_records = "error"  # Damaged latent record: error | skip (+count).
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()

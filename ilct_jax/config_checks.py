@@ -10,6 +10,7 @@ import ml_collections
 
 from ilct_jax import choices, consistency, coupling, losses, optim, storage
 from ilct_jax import state as state_lib
+from ilct_jax.data import latents
 from ilct_jax.models import norms
 
 
@@ -22,6 +23,9 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     coupling.group_count(config.train.batch_size, config.coupling.group_size)
   choices.check("model.norm", config.model.norm, norms.NORMS)
   choices.check("optim.name", config.optim.name, optim.OPTIMIZERS)
+  choices.check(
+    "data.bad_records", config.data.bad_records, latents.BAD_RECORDS
+  )
   choices.check(
     "train.nonfinite",
     config.train.nonfinite,

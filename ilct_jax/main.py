@@ -5,7 +5,8 @@ mode. `--mode=sample`, `--mode=eval` and `--mode=sweep` (every kept checkpoint
 x EMA, ranked by FID: evaluation/sweep.py) read the run's config.json when no
 `--config` is given (`--config.x=y` overrides still apply). Exit codes: 0 done
 (also for a run that was already complete), 75 preempted after a checkpoint
-(run the same command again), 1 error.
+(run the same command again), 73 disk full, 74 storage unreachable, 65 a bad
+data record (each with one line: `faults.py`), 1 a crash.
 """
 
 from ilct_jax import hostmem
@@ -23,6 +24,7 @@ from ilct_jax import (
   checkpointing,
   cli,
   config_files,
+  faults,
   parallel,
   preemption,
   reporting,
@@ -53,12 +55,23 @@ def main(argv):
   workdir, config = FLAGS.workdir, FLAGS.config
   if FLAGS.mode != "train" and not FLAGS["config"].present:
     config = cli.config_of_run(FLAGS, workdir)
+  try:
+    _run_mode(config, workdir)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(preemption.EXIT_PREEMPTED)
+  except Exception as e:  # noqa: BLE001 - a fault exits with its own code.
+    fault = faults.classify(e, workdir)
+    if fault is None:
+      raise
+    logging.error("%s", fault.line)
+    logging.flush()
+    sys.exit(fault.code)
+
+
+def _run_mode(config, workdir: str) -> None:
   if FLAGS.mode == "train":
-    try:
-      train.train_and_evaluate(config, workdir)
-    except preemption.Preempted as e:
-      logging.warning("%s", e)
-      sys.exit(preemption.EXIT_PREEMPTED)
+    train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == "sample":
     write_samples.run(config, workdir)
   elif FLAGS.mode == "sweep":

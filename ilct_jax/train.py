@@ -244,6 +244,9 @@ class _Run:
       if done % cfg.log_every == 0 or done == self.steps:
         scalars = reporting.write_window(self.writers, done, history)
         history = []
+        if self.config.data.bad_records == "skip":
+          skipped = {"data/bad_records_skipped": batches.skipped()}
+          self.writers.all.write_scalars(done, skipped)
         self._check_nonfinite(scalars)
       if cfg.sample_every and done % cfg.sample_every == 0:
         with timed("samples"):

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from ilct_jax import storage
+from ilct_jax import choices, faults, storage
 from ilct_jax.models import vae as vae_lib
 from ilct_jax.models import vae_files
 from ilct_jax.models.autoencoder import SCALING_FACTOR
@@ -50,6 +50,7 @@ FORMAT = "ilct_jax.latents/1"
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS = "stats.npz"
+BAD_RECORDS = ("error", "skip")  # data.bad_records
 
 
 def normalize(stored, mean, std, sigma_data: float):
@@ -252,17 +253,33 @@ class _Records:
   def __len__(self) -> int:
     return int(self.ends[-1]) if len(self.ends) else 0
 
-  def read(self, keys: np.ndarray) -> list[bytes]:
-    """The records at global positions `keys`, in the order given."""
+  def where(self, key: int) -> tuple[str, int]:
+    """(file, record within it) of global record `key`."""
+    f = int(np.searchsorted(self.ends, key, side="right"))
+    return self._files[f], int(key - self.starts[f])
+
+  def read(self, keys: np.ndarray) -> list[bytes | None]:
+    """The records at global positions `keys`, in the order given; None
+    for a record whose chunk fails ArrayRecord's checks (hash mismatch)."""
     keys = np.asarray(keys, np.int64)
     which = np.searchsorted(self.ends, keys, side="right")
-    out: list[bytes] = [b""] * len(keys)
+    out: list[bytes | None] = [b""] * len(keys)
     for f in np.unique(which):
       rows = np.flatnonzero(which == f)
       positions = (keys[rows] - self.starts[f]).tolist()
-      for row, record in zip(rows, self._readers[f].read(positions)):
+      try:
+        records = self._readers[f].read(positions)
+      except RuntimeError:  # A damaged chunk: find which records.
+        records = [self._read_one(f, p) for p in positions]
+      for row, record in zip(rows, records):
         out[row] = record
     return out
+
+  def _read_one(self, f: int, position: int) -> bytes | None:
+    try:
+      return self._readers[f].read([position])[0]
+    except RuntimeError:
+      return None
 
 
 class LatentArray:
@@ -270,17 +287,62 @@ class LatentArray:
 
   `array[indices]` reads just those records (random access) and returns
   float32 x0 = 0.5 * (stored / 0.18215 - mean) / std (`normalize`).
+
+  Every record read is checked before it reaches a batch: its chunk passes
+  ArrayRecord's hashes, it has the bytes of one latent, and its values are
+  finite. A bad record raises `faults.BadRecordError` naming the file and the
+  record (`bad_records="error"`), or is replaced by the next good record of
+  the dataset (deterministic, so a resumed run reads the same batch) and
+  counted in `skipped` (`bad_records="skip"`).
   """
 
-  def __init__(self, files: list[str], shape, mean, std, sigma_data: float):
+  def __init__(
+    self,
+    files: list[str],
+    shape,
+    mean,
+    std,
+    sigma_data: float,
+    bad_records: str = "error",
+  ):
+    choices.check("data.bad_records", bad_records, BAD_RECORDS)
     self._records = _Records(files)
     self.example_shape = tuple(shape)
     self.shape = (len(self._records), *self.example_shape)
     self._mean, self._std, self._sigma_data = mean, std, sigma_data
     self._bytes = int(np.prod(self.example_shape)) * 4
+    self.policy, self.skipped = bad_records, 0
+    self._warned: set[int] = set()
 
   def __len__(self) -> int:
     return self.shape[0]
+
+  def _why_bad(self, record: bytes | None) -> str | None:
+    if record is None:
+      return "its chunk fails ArrayRecord's hash check"
+    if len(record) != self._bytes:
+      return f"it has {len(record)} bytes, a latent has {self._bytes}"
+    if not np.isfinite(np.frombuffer(record, "<f4")).all():
+      return "it holds NaN or inf values"
+    return None
+
+  def _bad(self, key: int, why: str) -> str:
+    path, record = self._records.where(key)
+    return (
+      f"bad latent record {record} of {path} (example {key}): {why}; "
+      "re-encode the dataset with ilct_jax.data.encode --overwrite, or set "
+      "data.bad_records=skip to train without it"
+    )
+
+  def _replacement(self, key: int) -> bytes:
+    """The next good record after `key` (wrapping), counted as a skip."""
+    self.skipped += 1
+    for step in range(1, len(self)):
+      other = (key + step) % len(self)
+      record = self._records.read(np.array([other]))[0]
+      if self._why_bad(record) is None:
+        return record
+    raise faults.BadRecordError(f"no good record in {len(self)} latents")
 
   def stored(self, indices) -> np.ndarray:
     """The stored (scaled, un-normalized) latents at `indices`."""
@@ -288,19 +350,51 @@ class LatentArray:
     if keys.size and (keys.min() < 0 or keys.max() >= len(self)):
       raise IndexError(f"latent index out of range [0, {len(self)})")
     records = self._records.read(keys)
-    bad = [k for k, r in zip(keys, records) if len(r) != self._bytes]
-    if bad:
-      raise ValueError(
-        f"latent record {bad[0]} has {len(records[list(keys).index(bad[0])])}"
-        f" bytes, expected {self._bytes}; the dataset is damaged: re-encode "
-        "with --overwrite"
-      )
+    for i, (key, record) in enumerate(zip(keys.tolist(), records)):
+      why = self._why_bad(record)
+      if why is None:
+        continue
+      if self.policy == "error":
+        raise faults.BadRecordError(self._bad(key, why))
+      if key not in self._warned:
+        self._warned.add(key)
+        logging.warning("skipping %s", self._bad(key, why).split("; ")[0])
+      records[i] = self._replacement(key)
     flat = np.frombuffer(b"".join(records), "<f4")  # A read-only view.
     return flat.reshape(len(keys), *self.example_shape)
 
   def __getitem__(self, indices) -> np.ndarray:
     x = normalize(self.stored(indices), self._mean, self._std, self._sigma_data)
     return x.astype(np.float32, copy=False)
+
+
+def check_stats(path, mean, std, latent_dir: str, shards: list[str]) -> None:
+  """The statistics are those of these latents: they must agree with the
+  per-chunk moments the encoder wrote beside the records (merged as
+  `encode.merge_moments`) to 1e-3 of the std. Datasets without moments
+  files (written by hand) are not checked."""
+  parts = []
+  for shard in shards:
+    moments = storage.join(latent_dir, moments_name(shard))
+    if not storage.isfile(moments):
+      logging.info("No %s: latent stats not checked", moments)
+      return
+    parts.append(storage.load_npz(moments, "chunk moments", "re-encode"))
+  count = sum(int(p["count"]) for p in parts)
+  mu = sum(p["mean"] * int(p["count"]) for p in parts) / count
+  m2 = sum(p["m2"] + int(p["count"]) * (p["mean"] - mu) ** 2 for p in parts)
+  sd = np.sqrt(m2 / max(count - 1, 1))
+  off_mean = np.abs(mean - mu) / sd
+  off_std = np.abs(std / sd - 1)
+  worst = max(float(off_mean.max()), float(off_std.max()))
+  if worst > 1e-3:
+    raise faults.BadRecordError(
+      f"stats file {path} disagrees with the latents of {latent_dir}: its "
+      f"mean is off by up to {off_mean.max():.3g} std and its std by up to "
+      f"{100 * off_std.max():.3g}% of the moments of the {count} latents; "
+      "it was made for another dataset or VAE: clear data.stats_path to use "
+      f"{latent_dir}/{STATS}, or re-encode with --overwrite"
+    )
 
 
 def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
@@ -324,7 +418,10 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
     )
   files = [storage.local_copy(f) for f in files]
   mean, std = load_stats(stats_path(config), shape)
-  array = LatentArray(files, shape, mean, std, config.ct.sigma_data)
+  check_stats(stats_path(config), mean, std, d.latent_dir, manifest["files"])
+  array = LatentArray(
+    files, shape, mean, std, config.ct.sigma_data, d.bad_records
+  )
   if len(array) != manifest["num_examples"]:
     raise ValueError(
       f"{d.latent_dir} holds {len(array)} latents but its manifest says "

@@ -114,20 +114,25 @@ def create_iterator(
     local = src.local_batch(step, index, count)
     return jax.make_array_from_process_local_data(sharding, local)
 
-  return _Prefetcher(produce, start_step, max(config.data.prefetch, 1))
+  prefetcher = _Prefetcher(produce, start_step, max(config.data.prefetch, 1))
+  prefetcher.skipped = lambda: int(getattr(src.data, "skipped", 0))
+  return prefetcher
 
 
 class _Prefetcher:
   """Runs `produce(step)` for consecutive steps in a background thread.
 
   `close()` stops and joins the thread; the loop calls it on exit so that no
-  device transfer is in flight while the interpreter shuts down.
+  device transfer is in flight while the interpreter shuts down. `skipped()`
+  counts the bad latent records this process replaced so far
+  (data.bad_records=skip; read ahead by the prefetch depth).
   """
 
   def __init__(self, produce, start: int, depth: int):
     self._produce, self._step = produce, start
     self._queue: queue.Queue = queue.Queue(maxsize=depth)
     self._stop = threading.Event()
+    self.skipped = lambda: 0
     self._thread = threading.Thread(target=self._work, daemon=True)
     self._thread.start()
 
