@@ -40,6 +40,16 @@ _UNREACHABLE = (
 )
 
 
+# A peer process or the cluster failed: nothing is wrong with the files.
+_CLUSTER = (
+  "connection closed by peer",
+  "gloo",
+  "coordination service",
+  "barrier timed out",
+  "heartbeat",
+)
+
+
 class BadRecordError(ValueError):
   """A latent record that must not be trained on (the message names it)."""
 
@@ -65,6 +75,17 @@ def _chain(error: BaseException):
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return text[0][:300] if text else type(error).__name__
+
+
+def is_transient(error: BaseException) -> bool:
+  """Whether `error` says nothing about the files read: a full disk, an
+  unreachable store, or a failed peer process (a restore that fails so must
+  not call a good checkpoint damaged)."""
+  if classify(error) is not None:
+    return True
+  return any(
+    any(s in str(e).lower() for s in _CLUSTER) for e in _chain(error)
+  )
 
 
 def classify(error: BaseException, workdir: str = "") -> Fault | None:

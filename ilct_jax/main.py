@@ -13,6 +13,9 @@ from ilct_jax import hostmem
 
 if __name__ == "__main__":
   hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
+  from ilct_jax import preemption
+
+  preemption.exit_on_early_sigterm()
 
 import sys
 

@@ -165,6 +165,16 @@ def train_and_evaluate(
     preemption.Preempted: a SIGTERM stopped the run after a checkpoint.
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
+  # Watched from the start: a SIGTERM during the restore or the compile
+  # stops the run after its first step (with a checkpoint there).
+  watcher = preemption.Watcher()
+  try:
+    return _train(config, workdir, mesh, watcher)
+  finally:
+    watcher.close()
+
+
+def _train(config, workdir: str, mesh, watcher) -> state_lib.TrainState:
   config_checks.check_all(config, workdir, num_devices=mesh.size)
   if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
@@ -193,7 +203,7 @@ def train_and_evaluate(
   writers = _start_logs(config, workdir, state, start)
   writers.all.write_scalars(start, getattr(train_fn, "stats", {}))
   run = _Run(config, workdir, mngr, meta, writers, train_fn)
-  state, stopped = run.run(state, mesh, start)
+  state, stopped = run.run(state, mesh, start, watcher)
   if not stopped and config.train.sample_every:
     if steps % config.train.sample_every:
       write_samples(config, state, writers, workdir, steps)
@@ -215,14 +225,13 @@ class _Run:
     )
     self.profiler = reporting.make_profiler(config.train, workdir)
 
-  def run(self, state, mesh, start: int) -> tuple[Any, bool]:
-    """The loop with its input, SIGTERM watcher and final checkpoint."""
+  def run(self, state, mesh, start: int, watcher) -> tuple[Any, bool]:
+    """The loop with its input and final checkpoint; `watcher` says when
+    a SIGTERM asks it to stop."""
     batches = pipeline.create_iterator(self.config, mesh, start_step=start)
-    watcher = preemption.Watcher()
     try:
       state, stopped = self.loop(state, batches, start, watcher)
     finally:
-      watcher.close()
       batches.close()
       self.mngr.wait_until_finished()  # An in-flight save ends, even on error.
     final = int(jax.device_get(state.step))

@@ -13,15 +13,25 @@ real run at a known place. Hooks, all from the environment:
   ILCT_TEST_LOCAL_TB=DIR     write TensorBoard events to DIR (the GCS test:
                              TensorFlow's GCS client cannot be pointed at a
                              local emulator);
-  ILCT_TEST_PROGRAM=encode   run `ilct_jax.data.encode` instead of main.
+  ILCT_TEST_PROGRAM=encode   run `ilct_jax.data.encode` instead of main;
+  ILCT_TEST_FAULT=MOMENT:SIG this process sends itself signal SIG (KILL or
+                             TERM) at MOMENT: `step:K` after train step K,
+                             `save:K` once the async save of step K has
+                             started (while it is in flight), `restore` as
+                             the restore of the newest checkpoint begins,
+                             `start` as the program starts; only processes
+                             listed in ILCT_TEST_FAULT_PROCESSES (default
+                             all). Each firing appends a line to
+                             $ILCT_TEST_EVENTS.<process> (tests/chaos.py).
 """
 
 import os
+import signal
 import time
 
 import jax
 
-from ilct_jax import checkpointing, cli, main, train
+from ilct_jax import checkpointing, cli, main, preemption, train
 
 _ENV = os.environ
 
@@ -67,6 +77,72 @@ def _local_tensorboard(log_dir: str) -> None:
   train.create_writer = lambda workdir, config=None: real(log_dir, config)
 
 
+def _process() -> int:
+  """This process's index, from the command line (JAX may not be up yet)."""
+  import sys
+
+  for arg in sys.argv:
+    if arg.startswith("--process_id="):
+      return int(arg.split("=", 1)[1])
+  return 0
+
+
+def _fire(what: str, sig: str) -> None:
+  """Records the moment, then sends this process `sig` (a real signal)."""
+  events = _ENV.get("ILCT_TEST_EVENTS")
+  if events:
+    with open(f"{events}.{_process()}", "a") as f:
+      f.write(f"{what} SIG{sig}\n")
+  os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+
+
+def _faults(spec: str) -> None:
+  """ILCT_TEST_FAULT: a signal at a chosen moment (see the docstring)."""
+  moment, sig = spec.rsplit(":", 1)
+  chosen = _ENV.get("ILCT_TEST_FAULT_PROCESSES", "")
+  if chosen and str(_process()) not in chosen.split(","):
+    return
+  kind, _, arg = moment.partition(":")
+  if kind == "start":
+    _fire("start", sig)
+  elif kind == "restore":
+    real_restore = checkpointing.restore
+
+    def restore(*args, **kwargs):
+      _fire("restore", sig)
+      return real_restore(*args, **kwargs)
+
+    checkpointing.restore = restore
+  elif kind == "save":
+    real_save = checkpointing.save
+
+    def save(mngr, state, meta, *, step, force=False):
+      started = real_save(mngr, state, meta, step=step, force=force)
+      if step == int(arg):
+        flight = mngr.is_saving_in_progress()
+        _fire(f"save:{step} in_flight={flight}", sig)
+      return started
+
+    checkpointing.save = save
+  elif kind == "step":
+    real_compile = train.compile_step
+
+    def compile_step(*args, **kwargs):
+      fn = real_compile(*args, **kwargs)
+
+      def step(state, batch):
+        state, metrics = fn(state, batch)
+        if int(jax.device_get(state.step)) == int(arg):
+          _fire(f"step:{arg}", sig)
+        return state, metrics
+
+      return step
+
+    train.compile_step = compile_step
+  else:
+    raise ValueError(f"unknown ILCT_TEST_FAULT moment {moment!r}")
+
+
 def install_hooks() -> None:
   if _ENV.get("ILCT_TEST_HANG_AFTER"):
     _hang_after(int(_ENV["ILCT_TEST_HANG_AFTER"]), _ENV["ILCT_TEST_READY"])
@@ -75,6 +151,8 @@ def install_hooks() -> None:
     _slow_steps(seconds, _ENV.get("ILCT_TEST_PROGRESS", ""))
   if _ENV.get("ILCT_TEST_LOCAL_TB"):
     _local_tensorboard(_ENV["ILCT_TEST_LOCAL_TB"])
+  if _ENV.get("ILCT_TEST_FAULT"):
+    _faults(_ENV["ILCT_TEST_FAULT"])
 
 
 def _report_tensorflow() -> None:
@@ -93,6 +171,7 @@ def _report_tensorflow() -> None:
 
 
 if __name__ == "__main__":
+  preemption.exit_on_early_sigterm()  # As ilct_jax.main does.
   install_hooks()
   _report_tensorflow()
   if _ENV.get("ILCT_TEST_PROGRAM") == "encode":
