@@ -144,7 +144,7 @@ def test_two_processes_killed_and_terminated_until_done(runs, tmp_path):
     str(tmp_path),
     2,
     3,
-    seed=3,
+    seed=4,
     steps=STEPS,
     reference=str(runs["two"]),
     log=lines.append,
