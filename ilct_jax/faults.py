@@ -21,6 +21,7 @@ its code and line; `main` logs the line and exits with the code.
 
 import dataclasses
 import errno
+import re
 
 EXIT_BAD_DATA = 65  # EX_DATAERR
 EXIT_DISK_FULL = 73  # EX_CANTCREAT
@@ -83,9 +84,7 @@ def is_transient(error: BaseException) -> bool:
   not call a good checkpoint damaged)."""
   if classify(error) is not None:
     return True
-  return any(
-    any(s in str(e).lower() for s in _CLUSTER) for e in _chain(error)
-  )
+  return any(any(s in str(e).lower() for s in _CLUSTER) for e in _chain(error))
 
 
 def classify(error: BaseException, workdir: str = "") -> Fault | None:
@@ -97,12 +96,14 @@ def classify(error: BaseException, workdir: str = "") -> Fault | None:
     text = str(e).lower()
     full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
     if full or any(s in text for s in _DISK_FULL):
-      where = getattr(e, "filename", None) or workdir
+      paths = re.findall(r'"(/[^"]+)"', str(e))
+      where = getattr(e, "filename", None) or (paths[-1] if paths else "")
+      what = f"writing {where}" if where else f"{type(e).__name__}"
       return Fault(
         EXIT_DISK_FULL,
-        f"error: the disk is full writing under {where} ({_first_line(e)});"
-        " the last good checkpoint is untouched: free space and run the same"
-        " command again to resume",
+        f"error: the disk is full (No space left on device) under "
+        f"{workdir or where} ({what}); the last good checkpoint is "
+        "untouched: free space and run the same command again to resume",
       )
   for e in _chain(error):
     text = str(e).lower()

@@ -14,6 +14,9 @@ real run at a known place. Hooks, all from the environment:
                              TensorFlow's GCS client cannot be pointed at a
                              local emulator);
   ILCT_TEST_PROGRAM=encode   run `ilct_jax.data.encode` instead of main;
+  ILCT_TEST_FILL_DISK=K:PATH after train step K, write PATH until the disk
+                             holding it is full (ENOSPC), as another job
+                             filling a shared disk would;
   ILCT_TEST_FAULT=MOMENT:SIG this process sends itself signal SIG (KILL or
                              TERM) at MOMENT: `step:K` after train step K,
                              `save:K` once the async save of step K has
@@ -143,6 +146,30 @@ def _faults(spec: str) -> None:
     raise ValueError(f"unknown ILCT_TEST_FAULT moment {moment!r}")
 
 
+def _fill_disk(spec: str) -> None:
+  at, path = spec.split(":", 1)
+  real_compile = train.compile_step
+
+  def compile_step(*args, **kwargs):
+    fn = real_compile(*args, **kwargs)
+
+    def step(state, batch):
+      state, metrics = fn(state, batch)
+      if int(jax.device_get(state.step)) == int(at):
+        block = b"\0" * (1 << 16)
+        with open(path, "wb", buffering=0) as f:
+          try:
+            while True:
+              f.write(block)
+          except OSError:  # ENOSPC: the disk is full now.
+            pass
+      return state, metrics
+
+    return step
+
+  train.compile_step = compile_step
+
+
 def install_hooks() -> None:
   if _ENV.get("ILCT_TEST_HANG_AFTER"):
     _hang_after(int(_ENV["ILCT_TEST_HANG_AFTER"]), _ENV["ILCT_TEST_READY"])
@@ -151,6 +178,8 @@ def install_hooks() -> None:
     _slow_steps(seconds, _ENV.get("ILCT_TEST_PROGRESS", ""))
   if _ENV.get("ILCT_TEST_LOCAL_TB"):
     _local_tensorboard(_ENV["ILCT_TEST_LOCAL_TB"])
+  if _ENV.get("ILCT_TEST_FILL_DISK"):
+    _fill_disk(_ENV["ILCT_TEST_FILL_DISK"])
   if _ENV.get("ILCT_TEST_FAULT"):
     _faults(_ENV["ILCT_TEST_FAULT"])
 
