@@ -31,6 +31,7 @@ from ilct_jax import (
   parallel,
   preemption,
   reporting,
+  storage,
   train,
 )
 from ilct_jax.evaluation import evaluate, sweep, write_samples
@@ -58,6 +59,8 @@ def main(argv):
   workdir, config = FLAGS.workdir, FLAGS.config
   if FLAGS.mode != "train" and not FLAGS["config"].present:
     config = cli.config_of_run(FLAGS, workdir)
+  train_cfg = config.train
+  storage.set_retries(train_cfg.storage_retries, train_cfg.storage_max_delay_s)
   try:
     _run_mode(config, workdir)
   except preemption.Preempted as e:

@@ -71,6 +71,7 @@ class Watcher:
     self._requested = threading.Event()
     self._previous = None
     self._multi = jax.process_count() > 1
+    self._calls = 0
     if self._multi:
       return  # JAX's notifier owns SIGTERM (see the module docstring).
     if threading.current_thread() is not threading.main_thread():
@@ -89,9 +90,19 @@ class Watcher:
     self._requested.set()
 
   def __call__(self, step: int) -> bool:
-    """Whether to stop after `step` (the same answer on every process)."""
+    """Whether to stop after `step` (the same answer on every process).
+
+    JAX's protocol takes the largest id any process has passed so far, plus
+    one, as the step to stop at; a notice that came before the first call
+    (during the restore or the compile of a resumed run) met no id yet, so
+    its stop step was 1 and a run resumed at step 5 never reached it (found
+    by tests/chaos.py). The ids passed are therefore this start's own count
+    of steps, 1, 2, ...: every process restored the same step, so the counts
+    agree, and the stop lands on the first step.
+    """
     if self._multi:
-      agreed = _jax_sync_point(step)
+      self._calls += 1
+      agreed = _jax_sync_point(self._calls)
       if agreed is not None:
         return agreed
     return self._requested.is_set()

@@ -45,7 +45,9 @@
 # from /dev/null), so it survives the ssh session ending. On each worker:
 #   ~/ilct_logs/RUN.log   the process's output; a last line
 #                         "[tpu_run] ... exit code N" when it ends
-#                         (0 finished, 75 preempted/stopped after a checkpoint)
+#                         (0 finished, 75 preempted/stopped after a checkpoint,
+#                         73 disk full, 74 storage unreachable, 65 a bad data
+#                         record: ilct_jax/faults.py; 1 a crash)
 #   ~/ilct_logs/RUN.pid   its process group id
 # The workers run as bash scripts under ~/ilct_jax with ~/venv (tpu_setup.sh).
 # ACTION=stop sends SIGTERM to the job on every worker: the run saves a

