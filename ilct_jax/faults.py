@@ -75,7 +75,9 @@ def _chain(error: BaseException):
 
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
-  return text[0][:300] if text else type(error).__name__
+  if not text:
+    return type(error).__name__
+  return text[0].split(" [tensorstore_spec=")[0][:300]
 
 
 def is_transient(error: BaseException) -> bool:

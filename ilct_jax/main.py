@@ -17,7 +17,9 @@ if __name__ == "__main__":
 
   preemption.exit_on_early_sigterm()
 
+import os
 import sys
+import threading
 
 import jax
 from absl import flags, logging
@@ -71,8 +73,18 @@ def main(argv):
     if fault is None:
       raise
     logging.error("%s", fault.line)
-    logging.flush()
-    sys.exit(fault.code)
+    _exit_even_if_threads_hang(fault.code)
+
+
+def _exit_even_if_threads_hang(code: int, grace_s: float = 10.0) -> None:
+  """sys.exit(code); after a fault, orbax's save threads or gcsfs's event
+  loop can block the interpreter's shutdown for good (seen with a store that
+  stays down): a daemon timer then ends the process with the same code."""
+  logging.flush()
+  timer = threading.Timer(grace_s, os._exit, args=(code,))
+  timer.daemon = True
+  timer.start()
+  sys.exit(code)
 
 
 def _run_mode(config, workdir: str) -> None:

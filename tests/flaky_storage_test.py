@@ -3,11 +3,13 @@
 The GCS emulator of tests/gcs_test.py sits behind tests/flaky_proxy.py on
 127.0.0.1, which answers a seeded 4% of requests with 503, resets 1% and
 delays 2% by up to 1.5 s. Through it, a real `ilct_jax.main` run trains with
-a gs:// workdir, is stopped by SIGTERM at step 3 (checkpoint), resumes to
+a gs:// workdir, is stopped by SIGTERM at step 2 (checkpoint), resumes to
 the end and samples (`--mode=sample`); the final parameters equal those of
 the same run on a local disk, so every injected fault was retried (by
 tensorstore for checkpoint arrays, by gcsfs for every other file:
-storage.py). Then the store goes down for good during a run: it stops with
+storage.py), and the run's files are where they belong in the bucket (the
+TensorBoard writer alone goes to a local folder: tests/gcs_test.py says
+why). Then the store goes down for good during a run: it stops with
 one line and exit code 74, and its last good checkpoint is intact.
 """
 
@@ -27,7 +29,7 @@ from tests.cluster import Cluster
 from tests.flaky_proxy import FlakyProxy
 
 BUCKET = gcs_test.BUCKET
-ARGS = ["--config=configs/tiny.py", "--config.train.ckpt_every=2"]
+ARGS = ["--config=configs/tiny.py", "--config.train.ckpt_every=3"]
 
 
 @pytest.fixture
@@ -76,6 +78,21 @@ def _run(tmp_path, name, args, env, timeout=240):
     run.close()
 
 
+def _objects(url: str, prefix: str) -> list[str]:
+  """Every object name under `prefix`, listed straight from the emulator."""
+  names, token = [], ""
+  while True:
+    query = urllib.parse.urlencode({"prefix": prefix, "pageToken": token})
+    with urllib.request.urlopen(
+      f"{url}/storage/v1/b/{BUCKET}/o?{query}", timeout=30
+    ) as r:
+      page = json.load(r)
+    names += [item["name"] for item in page.get("items", [])]
+    token = page.get("nextPageToken", "")
+    if not token:
+      return names
+
+
 def _open(url: str, workdir: str, **kwargs):
   """runs.load_run here, straight at the emulator (no faults)."""
   before = dict(os.environ)
@@ -107,11 +124,11 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
     tmp_path,
     "a",
     [*ARGS, f"--workdir={workdir}"],
-    dict(env, ILCT_TEST_FAULT="step:3:TERM"),
+    dict(env, ILCT_TEST_FAULT="step:2:TERM"),
   )
   assert code == 75, out
   code, out = _run(tmp_path, "b", [*ARGS, f"--workdir={workdir}"], env)
-  assert code == 0 and "Restored checkpoint step 3" in out, out
+  assert code == 0 and "Restored checkpoint step 2" in out, out
   code, out = _run(
     tmp_path, "c", [f"--workdir={workdir}", "--mode=sample"], env
   )
@@ -119,6 +136,16 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
   flaky = dict(proxy.counts)
   print(f"flaky store: {flaky}")
   assert flaky["503"] + flaky["reset"] >= 5, flaky
+  objects = _objects(url, "flaky")
+  assert "flaky/config.json" in objects
+  steps = {
+    p.split("/")[2] for p in objects if p.startswith("flaky/checkpoints/")
+  }
+  assert steps == {"2", "3", "6"}, steps  # 2: the SIGTERM's checkpoint.
+  assert any(p.startswith("flaky/checkpoints/6/state/") for p in objects)
+  assert "flaky/samples/onestep_step6_ema0.9.png" in objects
+  assert not any(p.startswith("gs:") for p in os.listdir(tmp_path))
+  assert os.listdir(tmp_path / "tb")  # The one redirected component.
   got = _open(url, workdir, what="params")
   want = runs.load_run(f"{tmp_path}/local", what="params")
   assert got.step == want.step == 6
@@ -126,7 +153,7 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
     jax.device_get(got.params), jax.device_get(want.params)
   )
 
-  # A persistent outage after the step-2 checkpoint.
+  # A persistent outage once the step-3 checkpoint is written.
   outage = f"gs://{BUCKET}/outage"
   progress = str(tmp_path / "progress")
   proxy.p_503 = proxy.p_reset = proxy.p_delay = 0.0
@@ -144,18 +171,18 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
       ILCT_TEST_PROGRESS=progress,
       **env,
     )
-    run.wait_for(
+    run.wait_for(  # orbax's commit file on GCS: step 2 is complete.
       lambda: (
-        os.path.exists(f"{progress}.0")
-        and int(open(f"{progress}.0").read() or 0) >= 3
+        "outage/checkpoints/3/commit_success.txt"
+        in _objects(url, "outage/checkpoints/3/")
       ),
-      "step 3",
+      "the step-3 checkpoint's commit",
     )
     began = time.monotonic()
     proxy.down = True
     code = run.wait()[0]
     seconds = time.monotonic() - began
-    out = run.output()
+    out = "\n".join(f.read_text() for f in run.log_dir.glob("*.log"))
   finally:
     run.close()
     proxy.down = False
@@ -163,5 +190,5 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
   print(f"outage: exit {code} after {seconds:.0f} s: {errors}")
   assert code == faults.EXIT_STORAGE, out
   assert len(errors) == 1 and "error: storage unreachable under " in errors[0]
-  kept = _open(url, outage, what="params")
-  assert kept.step == 2
+  kept = _open(url, outage, what="params")  # Verified against its checksums.
+  assert kept.step == 3, kept.step  # The last save that finished.

@@ -19,7 +19,6 @@ emulated bucket.
 
 import json
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -29,13 +28,12 @@ import jax
 import numpy as np
 import pytest
 
-from ilct_jax import checkpointing, parallel, run_config, runs, storage, train
+from ilct_jax import storage
 from ilct_jax.data import image_prep, latents
-from ilct_jax.evaluation import fid, image_files, write_samples
+from ilct_jax.evaluation import fid, image_files
 from ilct_jax.models import vae as vae_lib
 from ilct_jax.models import vae_files
-from tests import cli_config, cluster
-from tests.cluster import Cluster
+from tests import cluster
 
 BUCKET = "ilct-test"
 
@@ -166,56 +164,3 @@ def test_every_file_kind_round_trips_through_gs(gcs, tmp_path):
     "files/vae/config.json",
     "files/vae/params.npz",
   ]
-
-
-def test_train_kill_resume_sample_with_a_gs_workdir(gcs, tmp_path, monkeypatch):
-  """A training process SIGKILLed after its step-2 save; the run resumed
-  and sampled (`--mode=sample`'s function, config from config.json) here."""
-  workdir = f"gs://{BUCKET}/run"
-  args = [
-    "--config=configs/tiny.py",
-    f"--workdir={workdir}",
-    "--config.train.ckpt_every=2",
-  ]
-  env = dict(gcs, ILCT_TEST_LOCAL_TB=str(tmp_path / "tb"))
-  ready = str(tmp_path / "ready")
-  run = Cluster(tmp_path, "gcs", processes=1, devices=2)
-  try:
-    run.start(args, 120, ILCT_TEST_HANG_AFTER="2", ILCT_TEST_READY=ready, **env)
-    run.wait_for(lambda: os.path.exists(f"{ready}.0"), "the step-2 save")
-    run.signal(signal.SIGKILL)
-    run.wait()
-  finally:
-    run.close()
-  # The same run resumed in this process (the TensorBoard writer redirected
-  # as in the subprocess); it must start from the step-2 checkpoint.
-  real_writer, real_restore = train.create_writer, checkpointing.restore
-  restored = []
-
-  def restore(*a, **k):
-    state, saved = real_restore(*a, **k)
-    restored.append(int(jax.device_get(state.step)))
-    return state, saved
-
-  monkeypatch.setattr(
-    train,
-    "create_writer",
-    lambda _, config=None: real_writer(env["ILCT_TEST_LOCAL_TB"], config),
-  )
-  monkeypatch.setattr(checkpointing, "restore", restore)
-  mesh = parallel.make_mesh(jax.devices()[:2])
-  train.train_and_evaluate(
-    cli_config.parse(args[:1] + args[2:]), workdir, mesh=mesh
-  )
-  assert restored == [2]
-  write_samples.run(run_config.read_config(workdir), workdir)
-  objects = _objects("run")
-  assert "run/config.json" in objects
-  steps = {p.split("/")[2] for p in objects if p.startswith("run/checkpoints/")}
-  assert steps == {"2", "4", "6"}
-  assert any(p.startswith("run/checkpoints/6/state/") for p in objects)
-  assert "run/samples/onestep_step6_ema0.9.png" in objects
-  assert not any(p.startswith("gs:") for p in os.listdir(tmp_path))
-  opened = runs.load_run(workdir, what="params")
-  assert opened.step == 6 and opened.config.train.ckpt_every == 2
-  assert os.listdir(tmp_path / "tb")  # The one redirected component.
