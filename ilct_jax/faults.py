@@ -21,8 +21,12 @@ its code and line; `main` logs the line and exits with the code.
 
 import dataclasses
 import errno
+import os
 import re
+import signal
+import sys
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL (preemption.py)
 EXIT_BAD_DATA = 65  # EX_DATAERR
 EXIT_DISK_FULL = 73  # EX_CANTCREAT
 EXIT_STORAGE = 74  # EX_IOERR
@@ -49,6 +53,22 @@ _CLUSTER = (
   "barrier timed out",
   "heartbeat",
 )
+
+
+def exit_on_early_sigterm() -> None:
+  """Until the train loop's watcher takes over (preemption.Watcher), a
+  SIGTERM (during the imports, the cluster start or the config checks:
+  nothing trained, nothing to save) exits at once with EXIT_PREEMPTED, so a
+  wrapper reads 75 whenever the signal came. Standard library only: the
+  programs install it before importing JAX."""
+
+  def handler(signum, frame):
+    del signum, frame
+    sys.stderr.write("SIGTERM before training started: exiting (exit 75)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED)
+
+  signal.signal(signal.SIGTERM, handler)
 
 
 class BadRecordError(ValueError):

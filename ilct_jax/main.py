@@ -13,9 +13,9 @@ from ilct_jax import hostmem
 
 if __name__ == "__main__":
   hostmem.use_huge_pages()  # First: re-executes once, before heavy imports.
-  from ilct_jax import preemption
+  from ilct_jax import faults
 
-  preemption.exit_on_early_sigterm()
+  faults.exit_on_early_sigterm()  # Before JAX's import (1-2 s).
 
 import os
 import sys

@@ -15,30 +15,16 @@ at the same step, whichever process got the signal; a Python handler would
 replace JAX's, so none is installed then.
 """
 
-import os
 import signal
 import threading
 
 import jax
 from absl import logging
 
+from ilct_jax import faults
+
 # sysexits.h EX_TEMPFAIL ("temporary failure; the user is invited to retry").
-EXIT_PREEMPTED = 75
-
-
-def exit_on_early_sigterm() -> None:
-  """Until the train loop's `Watcher` takes over, a SIGTERM (during the
-  imports, the cluster start or the config checks: nothing trained, nothing
-  to save) exits at once with EXIT_PREEMPTED, so a wrapper reads the same
-  code whenever the signal came."""
-
-  def handler(signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM before training started: exiting (nothing lost)")
-    logging.flush()
-    os._exit(EXIT_PREEMPTED)
-
-  signal.signal(signal.SIGTERM, handler)
+EXIT_PREEMPTED = faults.EXIT_PREEMPTED
 
 
 class Preempted(Exception):

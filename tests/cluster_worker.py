@@ -28,13 +28,18 @@ real run at a known place. Hooks, all from the environment:
                              $ILCT_TEST_EVENTS.<process> (tests/chaos.py).
 """
 
-import os
-import signal
-import time
+if __name__ == "__main__":  # As ilct_jax.main does, before JAX's import.
+  from ilct_jax import faults
 
-import jax
+  faults.exit_on_early_sigterm()
 
-from ilct_jax import checkpointing, cli, main, preemption, train
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+
+from ilct_jax import checkpointing, cli, main, train  # noqa: E402
 
 _ENV = os.environ
 
@@ -200,7 +205,6 @@ def _report_tensorflow() -> None:
 
 
 if __name__ == "__main__":
-  preemption.exit_on_early_sigterm()  # As ilct_jax.main does.
   install_hooks()
   _report_tensorflow()
   if _ENV.get("ILCT_TEST_PROGRAM") == "encode":
