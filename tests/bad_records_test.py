@@ -17,6 +17,7 @@ import pytest
 
 from ilct_jax import faults, parallel
 from ilct_jax.data import latents, pipeline
+from tests import cluster
 from tests.pipeline_test import CHUNK, SHAPE, _write_latents
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,7 +190,7 @@ def test_main_stops_with_one_line_and_exit_code_65(tmp_path):
     capture_output=True,
     text=True,
     timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    env=cluster.env(1),  # CPU, this session's compile cache.
   )
   assert out.returncode == faults.EXIT_BAD_DATA, out.stderr[-3000:]
   errors = [line for line in out.stderr.splitlines() if "error: " in line]
