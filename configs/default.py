@@ -125,10 +125,11 @@ def get_config() -> ml_collections.ConfigDict:
   train.log_every = 100  # Steps between scalar logs.
   train.sample_every = 5000  # Steps between sample grids (0 = off).
   train.ckpt_every = 5000  # Steps between checkpoints (and at the end).
-  # Object-store requests that fail (503, resets) are retried this many times
-  # with backoff from 1 s up to this many seconds a wait, then the run exits
-  # with code 74 (storage.set_retries, docs/RELIABILITY.md).
+  # Object-store requests that fail (503, resets) are retried this many times,
+  # the waits doubling from the first to the largest, then the run exits with
+  # code 74 (checkpoint arrays; storage.set_retries, docs/RELIABILITY.md).
   train.storage_retries = 10
+  train.storage_initial_delay_s = 1.0
   train.storage_max_delay_s = 32.0
   train.keep = 3  # Most recent checkpoints kept.
   train.keep_every = 50_000  # Also keep every this many steps (0 = off).

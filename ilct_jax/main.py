@@ -61,8 +61,10 @@ def main(argv):
   workdir, config = FLAGS.workdir, FLAGS.config
   if FLAGS.mode != "train" and not FLAGS["config"].present:
     config = cli.config_of_run(FLAGS, workdir)
-  train_cfg = config.train
-  storage.set_retries(train_cfg.storage_retries, train_cfg.storage_max_delay_s)
+  t = config.train
+  storage.set_retries(
+    t.storage_retries, t.storage_max_delay_s, t.storage_initial_delay_s
+  )
   try:
     _run_mode(config, workdir)
   except preemption.Preempted as e:
@@ -76,7 +78,7 @@ def main(argv):
     _exit_even_if_threads_hang(fault.code)
 
 
-def _exit_even_if_threads_hang(code: int, grace_s: float = 10.0) -> None:
+def _exit_even_if_threads_hang(code: int, grace_s: float = 5.0) -> None:
   """sys.exit(code); after a fault, orbax's save threads or gcsfs's event
   loop can block the interpreter's shutdown for good (seen with a store that
   stays down): a daemon timer then ends the process with the same code."""

@@ -19,8 +19,9 @@ What this module adds on top of epath:
   * `set_retries`: how long an object store may fail before a run gives up
     (docs/RELIABILITY.md). Transient errors (503, 429, resets, timeouts) are
     retried by each client: tensorstore's GCS driver (checkpoint arrays)
-    with exponential backoff from 1 s, `train.storage_retries` times, each
-    wait at most `train.storage_max_delay_s` (set here through orbax's
+    with exponential backoff from `train.storage_initial_delay_s` (1 s),
+    `train.storage_retries` times, each wait at most
+    `train.storage_max_delay_s` (set here through orbax's
     tensorstore context; tensorstore's own default is 32 retries, about 15
     minutes); gcsfs (every other file) 6 tries with backoff up to 32 s, its
     fixed default. After that the error reaches the program, which exits
@@ -42,13 +43,15 @@ PathLike = str | os.PathLike
 CACHE_ENV = "ILCT_CACHE_DIR"  # Root of local copies of remote files.
 
 
-def set_retries(max_retries: int, max_delay_s: float) -> None:
+def set_retries(
+  max_retries: int, max_delay_s: float, initial_delay_s: float = 1.0
+) -> None:
   """Retries of tensorstore's GCS requests in every checkpoint read/write."""
   from orbax.checkpoint._src.serialization import tensorstore_utils as tsu
 
   retries = {
     "max_retries": int(max_retries),
-    "initial_delay": "1s",
+    "initial_delay": f"{float(initial_delay_s)}s",
     "max_delay": f"{float(max_delay_s)}s",
   }
   for context in (tsu._BASE_TS_CONTEXT, tsu._DEFAULT_OCDBT_TS_CONTEXT):  # noqa: SLF001 - orbax has no public setting.

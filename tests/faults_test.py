@@ -19,7 +19,7 @@ import pytest
 
 from tests import chaos, cluster
 
-STEPS = 24
+STEPS = 16
 
 
 @pytest.fixture(scope="module")

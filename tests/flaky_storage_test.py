@@ -2,7 +2,7 @@
 
 The GCS emulator of tests/gcs_test.py sits behind tests/flaky_proxy.py on
 127.0.0.1, which answers a seeded 4% of requests with 503, resets 1% and
-delays 2% by up to 1.5 s. Through it, a real `ilct_jax.main` run trains with
+delays 1% by 1-2 s. Through it, a real `ilct_jax.main` run trains with
 a gs:// workdir, is stopped by SIGTERM at step 2 (checkpoint), resumes to
 the end and samples (`--mode=sample`); the final parameters equal those of
 the same run on a local disk, so every injected fault was retried (by
@@ -29,7 +29,12 @@ from tests.cluster import Cluster
 from tests.flaky_proxy import FlakyProxy
 
 BUCKET = gcs_test.BUCKET
-ARGS = ["--config=configs/tiny.py", "--config.train.ckpt_every=3"]
+ARGS = [
+  "--config=configs/tiny.py",
+  "--config.train.ckpt_every=3",
+  # Tensorstore's first wait after a 503 (1 s by default), shorter here.
+  "--config.train.storage_initial_delay_s=0.1",
+]
 
 
 @pytest.fixture
@@ -40,8 +45,8 @@ def store(tmp_path):
     seed=0,
     p_503=0.04,
     p_reset=0.01,
-    p_delay=0.02,
-    delay_s=(0.5, 1.5),
+    p_delay=0.01,
+    delay_s=(1.0, 2.0),
   )
   server, url = gcs_test._start_emulator(tmp_path / "server.log", proxy.url)
   proxy.target = urllib.parse.urlsplit(url)
@@ -112,7 +117,7 @@ def _open(url: str, workdir: str, **kwargs):
     gcs_test._reset_clients()
 
 
-def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
+def test_a_flaky_store_is_retried_and_the_run_ends_equal(store, tmp_path):
   proxy, url, env = store
   workdir = f"gs://{BUCKET}/flaky"
   # The undisturbed run: the same program on a local disk.
@@ -153,7 +158,12 @@ def test_a_flaky_store_is_retried_and_an_outage_stops_with_74(store, tmp_path):
     jax.device_get(got.params), jax.device_get(want.params)
   )
 
-  # A persistent outage once the step-3 checkpoint is written.
+
+def test_a_persistent_outage_stops_with_74_and_keeps_the_checkpoint(
+  store, tmp_path
+):
+  """The store answers every request 503 once checkpoint 3 is committed."""
+  proxy, url, env = store
   outage = f"gs://{BUCKET}/outage"
   progress = str(tmp_path / "progress")
   proxy.p_503 = proxy.p_reset = proxy.p_delay = 0.0
