@@ -133,26 +133,13 @@ def _faults(spec: str) -> None:
 
     checkpointing.save = save
   elif kind == "step":
-    real_compile = train.compile_step
-
-    def compile_step(*args, **kwargs):
-      fn = real_compile(*args, **kwargs)
-
-      def step(state, batch):
-        state, metrics = fn(state, batch)
-        if int(jax.device_get(state.step)) == int(arg):
-          _fire(f"step:{arg}", sig)
-        return state, metrics
-
-      return step
-
-    train.compile_step = compile_step
+    _after_step(int(arg), lambda: _fire(f"step:{arg}", sig))
   else:
     raise ValueError(f"unknown ILCT_TEST_FAULT moment {moment!r}")
 
 
-def _fill_disk(spec: str) -> None:
-  at, path = spec.split(":", 1)
+def _after_step(at: int, action) -> None:
+  """Runs `action()` once train step `at` has finished."""
   real_compile = train.compile_step
 
   def compile_step(*args, **kwargs):
@@ -160,19 +147,28 @@ def _fill_disk(spec: str) -> None:
 
     def step(state, batch):
       state, metrics = fn(state, batch)
-      if int(jax.device_get(state.step)) == int(at):
-        block = b"\0" * (1 << 16)
-        with open(path, "wb", buffering=0) as f:
-          try:
-            while True:
-              f.write(block)
-          except OSError:  # ENOSPC: the disk is full now.
-            pass
+      if int(jax.device_get(state.step)) == at:
+        action()
       return state, metrics
 
     return step
 
   train.compile_step = compile_step
+
+
+def _fill_disk(spec: str) -> None:
+  at, path = spec.split(":", 1)
+
+  def fill() -> None:
+    block = b"\0" * (1 << 16)
+    with open(path, "wb", buffering=0) as f:
+      try:
+        while True:
+          f.write(block)
+      except OSError:  # ENOSPC: the disk is full now.
+        pass
+
+  _after_step(int(at), fill)
 
 
 def install_hooks() -> None:

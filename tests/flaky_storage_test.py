@@ -50,21 +50,10 @@ def store(tmp_path):
   )
   server, url = gcs_test._start_emulator(tmp_path / "server.log", proxy.url)
   proxy.target = urllib.parse.urlsplit(url)
-  request = urllib.request.Request(
-    f"{url}/storage/v1/b?project=test",
-    data=json.dumps({"name": BUCKET}).encode(),
-    headers={"Content-Type": "application/json"},
-    method="POST",
+  gcs_test.create_bucket(url)
+  env = dict(
+    gcs_test.client_env(proxy.url), ILCT_TEST_LOCAL_TB=str(tmp_path / "tb")
   )
-  urllib.request.urlopen(request, timeout=10).close()
-  env = {
-    "STORAGE_EMULATOR_HOST": proxy.url,
-    "EPATH_USE_TF": "false",
-    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
-    "TENSORSTORE_GCS_HTTP_URL": proxy.url,
-    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
-    "ILCT_TEST_LOCAL_TB": str(tmp_path / "tb"),
-  }
   try:
     yield proxy, url, env
   finally:
@@ -101,13 +90,7 @@ def _objects(url: str, prefix: str) -> list[str]:
 def _open(url: str, workdir: str, **kwargs):
   """runs.load_run here, straight at the emulator (no faults)."""
   before = dict(os.environ)
-  os.environ.update(
-    STORAGE_EMULATOR_HOST=url,
-    EPATH_USE_TF="false",
-    GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
-    TENSORSTORE_GCS_HTTP_URL=url,
-    GOOGLE_AUTH_TOKEN_FOR_TESTING="test-token",
-  )
+  os.environ.update(gcs_test.client_env(url))
   gcs_test._reset_clients()
   try:
     return runs.load_run(workdir, **kwargs)

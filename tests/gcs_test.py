@@ -74,12 +74,10 @@ def _start_emulator(
   raise RuntimeError(f"the GCS emulator did not start; see {log_path}")
 
 
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory):
-  """The emulator and the environment that points clients at it."""
-  server, url = _start_emulator(tmp_path_factory.mktemp("gcs") / "server.log")
-  before = dict(os.environ)
-  env = {
+def client_env(url: str) -> dict[str, str]:
+  """The environment that points gcsfs (through epath) and tensorstore at
+  the store at `url`."""
+  return {
     "STORAGE_EMULATOR_HOST": url,
     "EPATH_USE_TF": "false",
     # gcsfs's experimental zonal-bucket layer asks the Storage Control API
@@ -88,7 +86,9 @@ def gcs(tmp_path_factory):
     "TENSORSTORE_GCS_HTTP_URL": url,
     "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
   }
-  os.environ.update(env)
+
+
+def create_bucket(url: str) -> None:
   request = urllib.request.Request(
     f"{url}/storage/v1/b?project=test",
     data=json.dumps({"name": BUCKET}).encode(),
@@ -96,6 +96,16 @@ def gcs(tmp_path_factory):
     method="POST",
   )
   urllib.request.urlopen(request, timeout=10).close()
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory):
+  """The emulator and the environment that points clients at it."""
+  server, url = _start_emulator(tmp_path_factory.mktemp("gcs") / "server.log")
+  before = dict(os.environ)
+  env = client_env(url)
+  os.environ.update(env)
+  create_bucket(url)
   _reset_clients()
   try:
     yield env
