@@ -17,6 +17,10 @@ apart by the exit code (sysexits.h):
 `classify(error, workdir)` maps an exception (its cause chain included, so
 an orbax or tensorstore error that wraps an ENOSPC counts) to a `Fault` with
 its code and line; `main` logs the line and exits with the code.
+`is_transient(error)` says an error is about the disk, the store or a peer
+process rather than the files read (a restore that fails so must not call
+a good checkpoint damaged). `exit_on_early_sigterm` makes a SIGTERM before
+training starts exit 75 too.
 """
 
 import dataclasses
