@@ -287,27 +287,6 @@ def encode_part(
   return count
 
 
-def merge_moments(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
-  """(mean, unbiased std, count) from per-chunk moments (Chan et al. 1979).
-
-  Pairwise update: n = na + nb, mean = ma + d * nb / n,
-  M2 = M2a + M2b + d^2 * na * nb / n with d = mb - ma, all in float64.
-  """
-  count, mean, m2 = 0, None, None
-  for p in parts:
-    nb, mb, m2b = int(p["count"]), p["mean"], p["m2"]
-    if mean is None:
-      count, mean, m2 = nb, mb.copy(), m2b.copy()
-      continue
-    total = count + nb
-    delta = mb - mean
-    mean = mean + delta * (nb / total)
-    m2 = m2 + m2b + delta**2 * (count * nb / total)
-    count = total
-  std = np.sqrt(m2 / (count - 1))
-  return mean.astype(np.float32), std.astype(np.float32), count
-
-
 def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
   """Stats from the chunk moments, then the manifest (written last)."""
   shards = _shards(plan)
@@ -328,7 +307,7 @@ def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
         keys=("count", "mean", "m2"),
       )
     )
-  mean, std, count = merge_moments(parts)
+  mean, std, count = latents.merge_moments(parts)
   if count != plan["num_examples"]:
     raise RuntimeError(
       f"chunks hold {count} latents, the plan says {plan['num_examples']}; "

@@ -368,10 +368,31 @@ class LatentArray:
     return x.astype(np.float32, copy=False)
 
 
+def merge_moments(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
+  """(mean, unbiased std, count) from per-chunk moments (Chan et al. 1979).
+
+  Pairwise update: n = na + nb, mean = ma + d * nb / n,
+  M2 = M2a + M2b + d^2 * na * nb / n with d = mb - ma, all in float64.
+  """
+  count, mean, m2 = 0, None, None
+  for p in parts:
+    nb, mb, m2b = int(p["count"]), p["mean"], p["m2"]
+    if mean is None:
+      count, mean, m2 = nb, mb.copy(), m2b.copy()
+      continue
+    total = count + nb
+    delta = mb - mean
+    mean = mean + delta * (nb / total)
+    m2 = m2 + m2b + delta**2 * (count * nb / total)
+    count = total
+  std = np.sqrt(m2 / (count - 1))
+  return mean.astype(np.float32), std.astype(np.float32), count
+
+
 def check_stats(path, mean, std, latent_dir: str, shards: list[str]) -> None:
   """The statistics are those of these latents: they must agree with the
   per-chunk moments the encoder wrote beside the records (merged as
-  `encode.merge_moments`) to 1e-3 of the std. Datasets without moments
+  `merge_moments`) to 1e-3 of the std. Datasets without moments
   files (written by hand) are not checked."""
   parts = []
   for shard in shards:
@@ -380,10 +401,7 @@ def check_stats(path, mean, std, latent_dir: str, shards: list[str]) -> None:
       logging.info("No %s: latent stats not checked", moments)
       return
     parts.append(storage.load_npz(moments, "chunk moments", "re-encode"))
-  count = sum(int(p["count"]) for p in parts)
-  mu = sum(p["mean"] * int(p["count"]) for p in parts) / count
-  m2 = sum(p["m2"] + int(p["count"]) * (p["mean"] - mu) ** 2 for p in parts)
-  sd = np.sqrt(m2 / max(count - 1, 1))
+  mu, sd, count = merge_moments(parts)
   off_mean = np.abs(mean - mu) / sd
   off_std = np.abs(std / sd - 1)
   worst = max(float(off_mean.max()), float(off_std.max()))
