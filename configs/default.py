@@ -37,7 +37,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
-  model.name = "dhariwal_unet"  # EDM's ADM UNet (ALGORITHM.md §11a).
+  # The network F_theta: unet (the paper's, ALGORITHM.md §11a) | dit (the
+  # authors' later transformer, §20; its settings in model.dit below).
+  model.arch = "unet"
+  model.name = "dhariwal_unet"  # The UNet: EDM's ADM UNet (ALGORITHM.md §11a).
+  # Class-conditional training (§21): 0 = unconditional; > 0 = the classes of
+  # the dataset's labels (the DiT takes them; guidance: sample.cfg_scale).
+  model.num_classes = 0
+  # Probability that a training label is replaced by the null label (the
+  # authors' class_dropout_prob), which classifier-free guidance needs.
+  model.label_dropout = 0.1
   model.model_channels = 128  # Base width of the first level.
   model.channel_mult = (1, 2, 3, 4)  # Width multiplier per resolution level.
   model.num_blocks = 4  # Residual blocks per encoder level.
@@ -61,6 +70,19 @@ def get_config() -> ml_collections.ConfigDict:
   model.kernels.conv = "auto"  # auto | cpu (XLA:CPU-tuned forms) | xla.
   model.kernels.norm = "auto"  # auto | custom (hand-written backward) | xla.
   model.kernels.attention = "auto"  # auto | custom | xla.
+  # The DiT (model.arch=dit; ALGORITHM.md §20). model.norm applies to it:
+  # nsln (no scale, no bias) | rms | layer. model.dtype and model.remat too.
+  model.dit = ml_collections.ConfigDict()
+  model.dit.size = "B"  # S | B | L | XL (depth, width, heads of DiT-S..XL).
+  model.dit.depth = 0  # > 0 overrides the size's depth (small demos).
+  model.dit.hidden = 0  # > 0 overrides the size's width.
+  model.dit.heads = 0  # > 0 overrides the size's heads.
+  model.dit.patch = 2  # Patch side on the latent grid: 2 | 4.
+  model.dit.mlp = "gate_relu"  # gelu (DiT's) | gate_relu (the authors').
+  model.dit.mlp_ratio = 4.0  # MLP hidden width / width.
+  model.dit.qk_norm = True  # Norm of each head's q and k.
+  model.dit.rope = True  # 2-D rotary q/k (sin-cos positions stay on).
+  model.dit.freq_filter = True  # Learned FFT filter before the MLP.
 
   # ---------------------------------------------------------------- vae
   config.vae = vae = ml_collections.ConfigDict()
@@ -131,6 +153,10 @@ def get_config() -> ml_collections.ConfigDict:
   train.storage_retries = 10
   train.storage_initial_delay_s = 1.0
   train.storage_max_delay_s = 32.0
+  # Devices per shard of the train state (params, EMAs, optimizer moments):
+  # a second mesh axis "fsdp" of this size (docs/DESIGN.md, sharded state);
+  # 1 = replicated. The batch is still split over every device.
+  train.fsdp = 1
   train.keep = 3  # Most recent checkpoints kept.
   train.keep_every = 50_000  # Also keep every this many steps (0 = off).
   # Also keep every checkpoint of the last this many epochs (0 = off): the
@@ -160,6 +186,13 @@ def get_config() -> ml_collections.ConfigDict:
   sample.grid_scales = 640  # Multistep grid has grid_scales + 1 levels.
   sample.ts = (0, 420, 640)  # Grid indices of the multistep sampler.
   sample.step = -1  # Checkpoint step to sample from (-1 = latest).
+  # Class-conditional models (model.num_classes > 0; ALGORITHM.md §21):
+  sample.label = -1  # The class of every sample; -1 = random classes.
+  sample.cfg_scale = 1.0  # Classifier-free guidance scale (1 = none).
+  # Latent channels guidance moves: the authors' DiT guides the first 3 and
+  # keeps the conditional output on the rest (DiT's forward_with_cfg); -1 =
+  # all channels.
+  sample.cfg_channels = 3
 
   # ---------------------------------------------------------------- eval
   config.eval = ev = ml_collections.ConfigDict()

@@ -16,13 +16,13 @@ import dataclasses
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import ml_collections
 from jax.sharding import Mesh
 
 from ilct_jax import parallel, sampling
 from ilct_jax import state as state_lib
-from ilct_jax.models import unet
 
 PyTree = Any
 
@@ -60,7 +60,7 @@ class Setup:
 
   config: ml_collections.ConfigDict
   mesh: Mesh
-  model: unet.DhariwalUNet
+  model: nn.Module  # unet.DhariwalUNet or dit.DiT (model.arch).
   example_shape: tuple[int, int, int]
   num_examples: int | None
   abstract_state: state_lib.TrainState

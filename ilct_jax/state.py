@@ -12,6 +12,7 @@ restore target.
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,11 +21,12 @@ from jax.sharding import Mesh
 
 from ilct_jax import choices, kernels, parallel, rng
 from ilct_jax import optim as optim_lib
-from ilct_jax.models import unet
+from ilct_jax.models import dit, unet
 
 PyTree = Any
 
 
+ARCHS = ("unet", "dit")
 NONFINITE_POLICIES = ("halt", "skip", "authors")
 # The authors halve the lr when their NaN counter exceeds 100 and reset it:
 # at the 101st, 202nd, ... non-finite step (LCT `ot`, train_cm_latent.py).
@@ -116,7 +118,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 def create_model(
   config: ml_collections.ConfigDict, target: kernels.Target = None
-) -> unet.DhariwalUNet:
+) -> nn.Module:
   """The consistency network F_theta named by `config.model`.
 
   Args:
@@ -127,9 +129,19 @@ def create_model(
       devices `parallel.make_mesh()` uses. Parameters do not depend on it.
   """
   m = config.model
-  choices.check("model.name", m.name, ("dhariwal_unet",))
+  # A run's config.json written before model.arch existed lacks it.
+  arch = m.get("arch", "unet")
+  choices.check("model.arch", arch, ARCHS)
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   choices.check("model.dtype", m.dtype, tuple(dtypes))
+  if arch == "dit":
+    return _create_dit(config, dtypes[m.dtype], kernels.select(m, target))
+  choices.check("model.name", m.name, ("dhariwal_unet",))
+  if m.get("num_classes", 0):
+    raise ValueError(
+      f"model.num_classes={m.num_classes}: the UNet is unconditional; set "
+      "model.arch=dit for a class-conditional model, or model.num_classes=0"
+    )
   return unet.DhariwalUNet(
     out_channels=config.data.channels,
     model_channels=m.model_channels,
@@ -143,6 +155,31 @@ def create_model(
     # A run's config.json written before model.remat existed lacks it.
     remat=bool(m.remat),
     kernels=kernels.select(m, target),
+  )
+
+
+def _create_dit(config, dtype, kernel_forms) -> dit.DiT:
+  m, d = config.model, config.model.dit
+  choices.check("model.norm", m.norm, dit.NORMS)
+  choices.check("model.dit.mlp", d.mlp, dit.MLPS)
+  depth, hidden, heads = dit.size(d.size)
+  return dit.DiT(
+    out_channels=config.data.channels,
+    patch=d.patch,
+    depth=d.depth or depth,
+    hidden=d.hidden or hidden,
+    heads=d.heads or heads,
+    mlp_ratio=float(d.mlp_ratio),
+    mlp=d.mlp,
+    norm=m.norm,
+    qk_norm=bool(d.qk_norm),
+    rope=bool(d.rope),
+    freq_filter=bool(d.freq_filter),
+    num_classes=int(m.num_classes),
+    null_label=m.label_dropout > 0,
+    dtype=dtype,
+    remat=bool(m.remat),
+    kernels=kernel_forms,
   )
 
 
