@@ -53,6 +53,12 @@ PARITY = [
   "torchvision==0.29.1",
   "diffusers>=0.30,<0.43",
   "pytorch-fid==0.3.0",
+  # The authors' DiT file imports these (tests/dit_references.py). timm
+  # 1.0.15: later releases pass device= to the norm layer, which their
+  # RMSNorm does not accept.
+  "timm==1.0.15",
+  "einops>=0.8",
+  "PyWavelets>=1.6",
 ]
 
 EXTRAS = {

@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.encode_batch = 64  # Images per VAE call per process (encode_latents).
   data.encode_chunk = 1024  # Latents per resumable chunk file (encode_latents).
   data.bad_records = "error"  # Damaged latent record: error | skip (+count).
+  # Class labels the encoder stores with the latents (ALGORITHM.md §21):
+  # none | label (the tfds 'label' feature) | folder (class folders).
+  data.labels = "none"
 
   # ---------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
@@ -78,7 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.dit.hidden = 0  # > 0 overrides the size's width.
   model.dit.heads = 0  # > 0 overrides the size's heads.
   model.dit.patch = 2  # Patch side on the latent grid: 2 | 4.
-  model.dit.mlp = "gate_relu"  # gelu (DiT's) | gate_relu (the authors').
+  model.dit.mlp = "gate_relu"  # gelu (DiT's) | relu | gate_relu (GLU).
   model.dit.mlp_ratio = 4.0  # MLP hidden width / width.
   model.dit.qk_norm = True  # Norm of each head's q and k.
   model.dit.rope = True  # 2-D rotary q/k (sin-cos positions stay on).

@@ -11,7 +11,7 @@ import ml_collections
 from ilct_jax import choices, consistency, coupling, losses, optim, storage
 from ilct_jax import state as state_lib
 from ilct_jax.data import latents
-from ilct_jax.models import norms
+from ilct_jax.models import dit, norms
 
 
 def check_names(config: ml_collections.ConfigDict) -> None:
@@ -21,7 +21,8 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   coupling.validate(config.coupling.method)
   if config.coupling.group_size is not None:  # None: a legacy run's scope.
     coupling.group_count(config.train.batch_size, config.coupling.group_size)
-  choices.check("model.norm", config.model.norm, norms.NORMS)
+  if config.model.get("arch", "unet") == "unet":
+    choices.check("model.norm", config.model.norm, norms.NORMS)
   choices.check("optim.name", config.optim.name, optim.OPTIMIZERS)
   choices.check(
     "data.bad_records", config.data.bad_records, latents.BAD_RECORDS
@@ -31,10 +32,42 @@ def check_names(config: ml_collections.ConfigDict) -> None:
     config.train.nonfinite,
     state_lib.NONFINITE_POLICIES,
   )
+  check_model(config)
   if not 0.0 <= config.ct.diffusion_threshold <= 1.0:
     raise ValueError(
       f"ct.diffusion_threshold={config.ct.diffusion_threshold} must be in "
       "[0, 1]"
+    )
+
+
+def check_model(config: ml_collections.ConfigDict) -> None:
+  """The network, its classes and guidance agree (ALGORITHM.md §20-21)."""
+  m, s = config.model, config.sample
+  arch = m.get("arch", "unet")
+  choices.check("model.arch", arch, state_lib.ARCHS)
+  if arch == "dit":
+    choices.check("model.norm", m.norm, dit.NORMS)
+    choices.check("model.dit.mlp", m.dit.mlp, dit.MLPS)
+    dit.size(m.dit.size)
+  classes = m.get("num_classes", 0)
+  if classes < 0 or (classes and arch != "dit"):
+    raise ValueError(
+      f"model.num_classes={classes}: class labels need model.arch=dit (the "
+      "UNet is unconditional) and a count >= 0"
+    )
+  if not 0.0 <= m.get("label_dropout", 0.0) < 1.0:
+    raise ValueError(f"model.label_dropout={m.label_dropout} must be in [0, 1)")
+  scale = s.get("cfg_scale", 1.0)
+  if scale != 1.0 and not (classes and m.label_dropout > 0):
+    raise ValueError(
+      f"sample.cfg_scale={scale} guides with the null label, which only a "
+      "class-conditional model trained with label dropout has; set "
+      "model.num_classes and model.label_dropout > 0, or sample.cfg_scale=1"
+    )
+  if s.get("label", -1) >= max(classes, 1) and classes:
+    raise ValueError(
+      f"sample.label={s.label} is not a class of model.num_classes={classes}"
+      "; use 0..num_classes-1 or -1 (every class)"
     )
 
 
@@ -51,6 +84,12 @@ def check_batch(
     raise ValueError(
       f"train.batch_size={bs} does not divide over {nd} devices; use a "
       f"multiple of {nd} (e.g. {max(nd, bs // nd * nd)})"
+    )
+  fsdp = config.train.get("fsdp", 1)
+  if fsdp < 1 or nd % fsdp:
+    raise ValueError(
+      f"train.fsdp={fsdp} does not divide the {nd} devices; use a divisor "
+      f"of {nd} (1 = a replicated state)"
     )
   if bs % npr:
     raise ValueError(

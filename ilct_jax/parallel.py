@@ -1,9 +1,12 @@
 """Devices and layouts: the one mesh builder, shardings, host <-> global rows.
 
-Every program of ilct_jax runs under `jit` over a 1-D mesh named "data"
+Every program of ilct_jax runs under `jit` over a mesh named "data"
 (docs/DESIGN.md, parallelism): the batch is split on "data", the train state
-is replicated, and the compiler inserts the collectives. The mesh axis type is
-always Auto, so sharding constraints are compiler hints and never type errors.
+is replicated, and the compiler inserts the collectives. With train.fsdp > 1
+the training mesh gains a second axis "fsdp" over which the state is split
+(params, EMAs, optimizer moments); the batch is split over both axes. The
+mesh axis type is always Auto, so sharding constraints are compiler hints and
+never type errors.
 Host-side helpers turn each process's rows into one global array and back.
 Programs start here: `start_cluster` joins the JAX cluster from the cluster
 flags and turns on the persistent compile cache of --compile_cache.
@@ -23,17 +26,62 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"  # The batch axis of every mesh.
+FSDP = "fsdp"  # The state-sharding axis of a train.fsdp > 1 mesh.
+# Leaves smaller than this stay replicated under fsdp: sharding a bias or a
+# norm scale saves nothing and adds a gather per use.
+FSDP_MIN_SIZE = 2**14
 
 
-def make_mesh(devices: Sequence[Any] | None = None) -> Mesh:
-  """A 1-D Auto-typed mesh named "data" over all (or the given) devices."""
+def make_mesh(devices: Sequence[Any] | None = None, fsdp: int = 1) -> Mesh:
+  """An Auto-typed mesh over all (or the given) devices: 1-D "data", or
+  with `fsdp` > 1 the 2-D ("data", "fsdp") of shape (n / fsdp, fsdp), whose
+  "fsdp" axis shards the train state (`state_sharding`; docs/DESIGN.md,
+  sharded state)."""
   devices = jax.devices() if devices is None else list(devices)
+  auto = jax.sharding.AxisType.Auto
+  if fsdp <= 1:
+    return jax.make_mesh((len(devices),), (DATA,), devices=devices,
+                         axis_types=(auto,))  # fmt: skip
+  if len(devices) % fsdp:
+    raise ValueError(
+      f"train.fsdp={fsdp} does not divide the {len(devices)} devices; use a "
+      f"divisor of {len(devices)}"
+    )
   return jax.make_mesh(
-    (len(devices),),
-    (DATA,),
+    (len(devices) // fsdp, fsdp),
+    (DATA, FSDP),
     devices=devices,
-    axis_types=(jax.sharding.AxisType.Auto,),
+    axis_types=(auto, auto),
   )
+
+
+def with_fsdp(mesh: Mesh, fsdp: int) -> Mesh:
+  """`mesh`'s devices with an "fsdp" axis of size `fsdp` (as is if 1)."""
+  if fsdp <= 1 or FSDP in mesh.axis_names:
+    return mesh
+  return make_mesh(list(mesh.devices.flat), fsdp)
+
+
+def fsdp_size(mesh: Mesh) -> int:
+  """Devices per state shard (1: the state is replicated)."""
+  return int(mesh.shape.get(FSDP, 1))
+
+
+def state_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
+  """Where one state leaf lives: split over "fsdp" on its largest dimension
+  that the axis divides (replicated over "data"), or replicated when the
+  mesh has no such axis or the leaf is small or indivisible. Params, EMAs
+  and optimizer moments share a parameter's shape, hence its layout."""
+  n = fsdp_size(mesh)
+  if n == 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+    return replicated(mesh)
+  dims = sorted(range(len(shape)), key=lambda i: -shape[i])
+  for i in dims:
+    if shape[i] % n == 0:
+      spec = [None] * len(shape)
+      spec[i] = FSDP
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
 
 
 def host_mesh(one_cpu_device: bool = False) -> Mesh:
@@ -51,7 +99,10 @@ def host_mesh(one_cpu_device: bool = False) -> Mesh:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dimension split over "data"."""
+  """Leading (batch) dimension split over every device: "data" (and
+  "fsdp", whose devices also take their own rows)."""
+  if FSDP in mesh.axis_names:
+    return NamedSharding(mesh, P((DATA, FSDP)))
   return NamedSharding(mesh, P(DATA))
 
 

@@ -5,8 +5,11 @@ walks given indices of a Karras grid of `grid_scales + 1` levels: denoise,
 then re-noise to the next level with sqrt(s^2 - s_min^2) fresh noise, and
 denoise again; the final level s_min adds no noise, so indices (0, 420, 640) on
 the 641 grid cost 2 network evaluations (sigma_420 = 0.5286).
+A class-conditional model samples given classes, optionally with
+classifier-free guidance (`Guide`, ALGORITHM.md §21).
 """
 
+import dataclasses
 import functools
 from typing import Any, Callable, Sequence
 
@@ -35,6 +38,81 @@ def sigmas_for(
   return np.asarray(grid)[np.asarray(ts)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Guide:
+  """Classifier-free guidance (ALGORITHM.md §21): F = F(null) + scale *
+  (F(class) - F(null)) on the first `channels` channels of the network
+  output (-1: all), the conditional output on the rest, as the authors'
+  DiT.forward_with_cfg; scale 1 is plain conditional sampling."""
+
+  scale: float
+  channels: int
+  null_label: int
+
+
+def guide_of(config: ml_collections.ConfigDict) -> Guide | None:
+  """The guidance of a class-conditional config (None: unconditional)."""
+  classes = config.model.get("num_classes", 0)
+  if not classes:
+    return None
+  s = config.sample
+  return Guide(float(s.cfg_scale), int(s.cfg_channels), int(classes))
+
+
+def grid_labels(config: ml_collections.ConfigDict, num: int):
+  """Labels of a sample grid: sample.label for all, or (-1) sample i of
+  class i mod num_classes; None for an unconditional model."""
+  classes = config.model.get("num_classes", 0)
+  if not classes:
+    return None
+  label = config.sample.label
+  if label >= 0:
+    return jnp.full((num,), label, jnp.int32)
+  return jnp.arange(num, dtype=jnp.int32) % classes
+
+
+def random_labels(config: ml_collections.ConfigDict, key: jax.Array, num: int):
+  """FID's labels: sample.label for all, or (-1) uniform random classes, as
+  the authors' test script draws them; None when unconditional."""
+  classes = config.model.get("num_classes", 0)
+  if not classes:
+    return None
+  if config.sample.label >= 0:
+    return jnp.full((num,), config.sample.label, jnp.int32)
+  return jax.random.randint(key, (num,), 0, classes, jnp.int32)
+
+
+def guided(
+  apply_fn: Callable[..., jax.Array],
+  labels: jax.Array | None,
+  guide: Guide | None,
+) -> Callable[..., jax.Array]:
+  """`apply_fn` conditioned on `labels`, with classifier-free guidance."""
+  if labels is None:
+    return apply_fn
+  if guide is None or guide.scale == 1.0:
+    return functools.partial(apply_fn, labels=labels)
+
+  def fn(variables, x, noise_labels, **kwargs):
+    null = jnp.full_like(labels, guide.null_label)
+    both = apply_fn(
+      variables,
+      jnp.concatenate([x, x]),
+      jnp.concatenate([noise_labels, noise_labels]),
+      labels=jnp.concatenate([labels, null]),
+      **kwargs,
+    )
+    cond, uncond = jnp.split(both, 2)
+    out = uncond + guide.scale * (cond - uncond)
+    if 0 <= guide.channels < out.shape[-1]:
+      out = jnp.concatenate(
+        [out[..., : guide.channels], cond[..., guide.channels :]], -1
+      )
+    return out
+
+  return fn
+
+
 def sample(
   apply_fn: Callable[..., jax.Array],
   params: PyTree,
@@ -42,6 +120,8 @@ def sample(
   shape: Sequence[int],
   sigmas: Sequence[float],
   ct: ml_collections.ConfigDict,
+  labels: jax.Array | None = None,
+  guide: Guide | None = None,
 ) -> jax.Array:
   """Consistency sampling through `sigmas` (first = start level).
 
@@ -55,12 +135,15 @@ def sample(
     shape: [B, H, W, C] of the samples.
     sigmas: static noise levels, decreasing.
     ct: the `ct` config group.
+    labels: [B] classes of a class-conditional model (None: unconditional).
+    guide: classifier-free guidance (`guide_of`); None or scale 1: none.
 
   Returns:
     [B, H, W, C] float32 samples in data space (normalized latents or pixels).
   """
+  net = guided(apply_fn, labels, guide)
   f = lambda x, s: consistency.consistency_fn(
-    apply_fn, params, x, jnp.full((shape[0],), s, jnp.float32), ct, train=False
+    net, params, x, jnp.full((shape[0],), s, jnp.float32), ct, train=False
   )
   key, sub = jax.random.split(key)
   x = f(sigmas[0] * jax.random.normal(sub, shape, jnp.float32), sigmas[0])
@@ -89,9 +172,10 @@ def _compiled_sampler(
   shape: tuple[int, ...],
   sigmas: tuple[float, ...],
   out_sharding: jax.sharding.Sharding | None,
-) -> Callable[[PyTree, jax.Array], jax.Array]:
-  def run(params: PyTree, key: jax.Array) -> jax.Array:
-    return sample(model.apply, params, key, shape, sigmas, ct)
+  guide: Guide | None,
+) -> Callable[..., jax.Array]:
+  def run(params: PyTree, key: jax.Array, labels=None) -> jax.Array:
+    return sample(model.apply, params, key, shape, sigmas, ct, labels, guide)
 
   return jax.jit(run, out_shardings=out_sharding)
 
@@ -102,8 +186,10 @@ def make_sampler(
   shape: Sequence[int],
   sigmas: Sequence[float],
   out_sharding: jax.sharding.Sharding | None = None,
-) -> Callable[[PyTree, jax.Array], jax.Array]:
-  """jit(params, key) -> samples, built once per program and then reused.
+  guide: Guide | None = None,
+) -> Callable[..., jax.Array]:
+  """jit(params, key[, labels]) -> samples, built once per program and then
+  reused (labels and `guide` for a class-conditional model).
 
   The cache key is everything that changes the compiled program: the model
   (a frozen linen module, compared by its attributes), the `ct` group, the
@@ -117,4 +203,5 @@ def make_sampler(
     tuple(int(s) for s in shape),
     tuple(float(s) for s in sigmas),
     out_sharding,
+    guide,
   )

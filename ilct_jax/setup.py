@@ -97,8 +97,11 @@ def build(
   mesh: Mesh | None = None,
   num_examples: int | None = None,
 ) -> Setup:
-  """The Setup of `config` on `mesh` (default: every device)."""
-  mesh = parallel.make_mesh() if mesh is None else mesh
+  """The Setup of `config` on `mesh` (default: every device), with the
+  "fsdp" axis of train.fsdp added to it."""
+  fsdp = config.train.get("fsdp", 1)
+  mesh = parallel.make_mesh(fsdp=fsdp) if mesh is None else mesh
+  mesh = parallel.with_fsdp(mesh, fsdp)
   return Setup(
     config=config,
     mesh=mesh,

@@ -219,12 +219,14 @@ def abstract_state(config: ml_collections.ConfigDict) -> TrainState:
 def abstract_sharded_state(
   config: ml_collections.ConfigDict, mesh: Mesh
 ) -> TrainState:
-  """The state as ShapeDtypeStructs with their shardings (every leaf
-  replicated: params fit a device): a restore and compile target. One
-  abstract trace of the init (`setup.build` keeps the result)."""
-  repl = parallel.replicated(mesh)
+  """The state as ShapeDtypeStructs with their shardings: a restore and
+  compile target. Every leaf is replicated, or on a mesh with an "fsdp"
+  axis split over it (`parallel.state_sharding`). One abstract trace of
+  the init (`setup.build` keeps the result)."""
   return jax.tree.map(
-    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+    lambda a: jax.ShapeDtypeStruct(
+      a.shape, a.dtype, sharding=parallel.state_sharding(mesh, a.shape)
+    ),
     abstract_state(config),
   )
 
@@ -234,7 +236,8 @@ def create_train_state(
   mesh: Mesh,
   sharding: PyTree | None = None,
 ) -> TrainState:
-  """Initialises the state directly into its replicated sharding.
+  """Initialises the state directly into its sharding (replicated, or split
+  over "fsdp").
 
   Args:
     config: the full config.

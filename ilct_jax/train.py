@@ -179,6 +179,7 @@ def _train(config, workdir: str, mesh, watcher) -> state_lib.TrainState:
   if config.train.eval_every > 0:  # Fail before training, not at step K.
     evaluate.check_eval_config(config)
   setup = setup_lib.build(config, mesh, pipeline.num_examples(config))
+  mesh = setup.mesh  # With the "fsdp" axis of train.fsdp > 1.
   meta, steps = setup.meta, setup.total_steps
   keep_from = checkpointing.window_start(
     config.train, steps, meta["num_examples"]

@@ -143,13 +143,13 @@ def test_interrupted_encode_resumes_to_the_same_dataset(
   config = setup["config"](tmp_path)
   real_write, calls = encode.write_chunk, []
 
-  def dying_write(out_dir, shard, stored):
+  def dying_write(out_dir, shard, stored, labels=None):
     calls.append(shard)
     if len(calls) == 3:  # Killed while writing the third chunk.
       with open(os.path.join(out_dir, shard + ".tmp"), "wb") as f:
         f.write(b"half")
       raise RuntimeError("killed")
-    real_write(out_dir, shard, stored)
+    real_write(out_dir, shard, stored, labels)
 
   monkeypatch.setattr(encode, "write_chunk", dying_write)
   with pytest.raises(RuntimeError, match="killed"):
@@ -379,3 +379,39 @@ def test_fig1_reads_an_encoded_latent_set(setup, tmp_path, capsys):
   channels = [r for r in rows if r and r[0] in ("0", "1", "2", "3")]
   assert len(channels) == 4 and "gaussian" in text, text
   assert os.path.getsize(out) > 0
+
+
+def test_class_folders_become_labels_of_the_latents(setup, tmp_path):
+  """data.labels=folder: each latent keeps the class of its image's folder
+  (mirrors too), the manifest counts the classes, training batches carry
+  them; a flat folder is refused with the fix."""
+  folder = tmp_path / "classes"
+  rng_ = np.random.default_rng(1)
+  names = {"cat": 4, "dog": 3, "emu": 2}
+  for name, count in names.items():
+    (folder / name).mkdir(parents=True)
+    for i in range(count):
+      pixels = rng_.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(folder / name / f"{i}.png")
+  build.build("local_image_folder/16", str(folder), str(tmp_path / "tfds"))
+  config = setup["config"](tmp_path / "lat")
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.labels = "folder"
+  config.data.flip_double = True
+  manifest = encode.run(config, str(tmp_path / "lat"))
+  assert manifest["num_classes"] == 3 and manifest["labels"] == "folder"
+  labels = latents.load_labels(str(tmp_path / "lat"), manifest)
+  want = [0] * 4 + [1] * 3 + [2] * 2  # Sorted paths: cat, dog, emu.
+  np.testing.assert_array_equal(labels, want + want)  # Mirrors keep theirs.
+  config.model.arch, config.model.num_classes = "dit", 3
+  config.model.dit.update(depth=1, hidden=16, heads=2, patch=2)
+  config.train.batch_size = 8
+  src = pipeline._source(config)  # noqa: SLF001 - the labelled source.
+  x, y = src.local_batch(0, 0, 1)
+  assert x.shape == (8, 8, 8, 4)
+  order = src._order(0)[:8]  # noqa: SLF001
+  np.testing.assert_array_equal(y, np.asarray(want + want)[order])
+  flat = setup["config"](tmp_path / "flat")
+  flat.data.labels = "folder"
+  with pytest.raises(ValueError, match="not inside a class folder"):
+    encode.run(flat, str(tmp_path / "flat"))

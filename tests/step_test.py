@@ -171,7 +171,7 @@ def test_teacher_is_a_constant_for_the_gradient(tiny_config, monkeypatch):
   idx = jnp.arange(x0.shape[0]) % 10
   cc = jnp.float32(0.00054 * 8)
   key = jax.random.key(2)
-  args = (model.apply, x0, noise, idx, sigmas, num, cc, key, c.ct)
+  args = (model.apply, x0, noise, idx, sigmas, num, cc, key, c)
   loss = lambda p: step_lib._ct_loss(p, *args)[0]
   g_step = jax.jit(jax.grad(loss))(params)
 

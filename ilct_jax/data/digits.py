@@ -25,3 +25,9 @@ def load_digits(image_size: int) -> np.ndarray:
       )
     )
   return (images * 2.0 - 1.0)[..., None].astype(np.float32)
+
+
+def load_labels() -> np.ndarray:
+  """The class (0..9) of each digit, int32 [1797]."""
+  with np.load(DIGITS_PATH) as f:
+    return f["labels"].astype(np.int32)

@@ -53,7 +53,7 @@ from ilct_jax.models import autoencoder, vae_files
 
 # Fields of plan.json that must match for a rerun to resume a partial run.
 _RESUME_KEYS = ("format", "split", "source", "seed", "num_examples", "shape")
-_RESUME_KEYS += ("chunk_size", "vae_fingerprint")
+_RESUME_KEYS += ("chunk_size", "vae_fingerprint", "labels")
 _LOG_EVERY_S = 10.0  # Progress lines at most this often.
 
 
@@ -78,7 +78,7 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
       f"need data.encode_chunk >= 1 (got {chunk}) and at least 2 examples "
       f"(got {n}) to encode and compute statistics"
     )
-  return {
+  plan = {
     "format": latents.FORMAT,
     "complete": False,
     "split": d.split,
@@ -100,6 +100,9 @@ def make_plan(config: ml_collections.ConfigDict, vae, n_images: int) -> dict:
     "chunk_size": chunk,
     "num_chunks": -(-n // chunk),
   }
+  if d.get("labels", "none") != "none":  # Class labels beside the latents.
+    plan["labels"] = d.labels
+  return plan
 
 
 def _path(out_dir: str, name: str) -> str:
@@ -113,7 +116,7 @@ def _shards(plan: dict) -> list[str]:
 
 def _ours(out_dir: str) -> list[str]:
   """Files this job writes in `out_dir` (never anything else)."""
-  names = [latents.MANIFEST, latents.STATS, latents.PLAN]
+  names = [latents.MANIFEST, latents.STATS, latents.PLAN, latents.LABELS]
   for name in storage.listdir(out_dir):
     ours = name.lstrip(".").startswith("latents-") or name.endswith(".tmp")
     if ours:
@@ -143,7 +146,7 @@ def prepare_dir(out_dir: str, plan: dict, overwrite: bool) -> None:
     old = storage.read_json(
       plan_path, "encode plan", "pass --overwrite to start over"
     )
-    diff = [k for k in _RESUME_KEYS if old.get(k) != plan[k]]
+    diff = [k for k in _RESUME_KEYS if old.get(k) != plan.get(k)]
     if diff:
       raise ValueError(
         f"{out_dir} holds a partial encode with different {', '.join(diff)}"
@@ -190,21 +193,26 @@ def make_encoder(config: ml_collections.ConfigDict, mesh: Mesh):
 
 
 def encode_chunk(encode: Callable, images, lo: int, hi: int, batch: int):
-  """Stored latents of examples [lo, hi), reading the next batch meanwhile."""
+  """(stored latents, labels or None) of examples [lo, hi), reading the next
+  batch meanwhile."""
   starts = list(range(lo, hi, batch))
 
   def rows(start: int) -> np.ndarray:
     return np.arange(start, min(start + batch, hi))
 
-  out = []
+  read = getattr(images, "labelled", lambda i: (images[i], None))
+  out, labels = [], []
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    pending = pool.submit(images.__getitem__, rows(starts[0]))
+    pending = pool.submit(read, rows(starts[0]))
     for i, start in enumerate(starts):
-      pixels = pending.result()
+      pixels, label = pending.result()
       if i + 1 < len(starts):
-        pending = pool.submit(images.__getitem__, rows(starts[i + 1]))
+        pending = pool.submit(read, rows(starts[i + 1]))
       out.append(encode(pixels, rows(start)))
-  return np.concatenate(out)
+      labels.append(label)
+  if labels[0] is None:
+    return np.concatenate(out), None
+  return np.concatenate(out), np.concatenate(labels)
 
 
 def chunk_moments(stored: np.ndarray) -> dict[str, np.ndarray]:
@@ -218,12 +226,18 @@ def chunk_moments(stored: np.ndarray) -> dict[str, np.ndarray]:
   }
 
 
-def write_chunk(out_dir: str, shard: str, stored: np.ndarray) -> None:
-  """Writes the moments, then the records; the records' rename ends it."""
+def write_chunk(
+  out_dir: str, shard: str, stored: np.ndarray, labels: np.ndarray | None = None
+) -> None:
+  """Writes the moments (and the chunk's labels), then the records; the
+  records' rename ends it."""
   from array_record.python import array_record_module
 
+  extra = {} if labels is None else {"labels": labels}
   storage.save_npz(
-    _path(out_dir, latents.moments_name(shard)), **chunk_moments(stored)
+    _path(out_dir, latents.moments_name(shard)),
+    **chunk_moments(stored),
+    **extra,
   )
   # One record per group, uncompressed: a read is one pread, no decoding
   # (float noise barely compresses; this doubled the batch rate here).
@@ -282,7 +296,8 @@ def encode_part(
     count, f"encode {plan['source']['name']}", "examples", _LOG_EVERY_S
   )
   for j, (lo, hi) in zip(todo, bounds):
-    write_chunk(out_dir, shards[j], encode_chunk(encode, images, lo, hi, batch))
+    stored, labels = encode_chunk(encode, images, lo, hi, batch)
+    write_chunk(out_dir, shards[j], stored, labels)
     progress.update(hi - lo)
   return count
 
@@ -315,10 +330,28 @@ def finalize(out_dir: str, plan: dict, corrupt: int | None = None) -> dict:
     )
   latents.save_stats(_path(out_dir, latents.STATS), mean, std)
   manifest = dict(plan, complete=True, files=shards, stats=latents.STATS)
+  if plan.get("labels", "none") != "none":
+    manifest.update(_write_labels(out_dir, parts, shards))
   manifest["vae"] = dict(plan["vae"], fingerprint=plan["vae_fingerprint"])
   manifest["source"] = dict(plan["source"], corrupt_skipped=corrupt)
   storage.write_json(_path(out_dir, latents.MANIFEST), manifest)
   return manifest
+
+
+def _write_labels(out_dir: str, parts: list[dict], shards: list[str]) -> dict:
+  """labels.npz from the chunks' labels; the manifest's label fields."""
+  missing = [s for s, p in zip(shards, parts) if "labels" not in p]
+  if missing:
+    raise RuntimeError(
+      f"chunk {missing[0]} has no labels though the plan asks for them; "
+      "re-run ilct_jax.data.encode with --overwrite"
+    )
+  labels, names = latents.merge_labels([p["labels"] for p in parts])
+  storage.save_npz(
+    _path(out_dir, latents.LABELS), labels=labels, class_names=names
+  )
+  classes = len(names) if len(names) else int(labels.max()) + 1
+  return {"labels_file": latents.LABELS, "num_classes": classes}
 
 
 def run(

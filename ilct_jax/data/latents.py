@@ -21,6 +21,9 @@ directory (`data.latent_dir`):
                                             first; a rerun resumes only if
                                             it matches)
   stats.npz                                 per-element mean/std
+  labels.npz                                (labelled sets only) `labels`
+                                            int32 [N] and `class_names`
+                                            (the class folders, or empty)
   manifest.json                             written LAST: the dataset is
                                             finished iff this exists
 
@@ -50,6 +53,7 @@ FORMAT = "ilct_jax.latents/1"
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS = "stats.npz"
+LABELS = "labels.npz"
 BAD_RECORDS = ("error", "skip")  # data.bad_records
 
 
@@ -304,8 +308,10 @@ class LatentArray:
     std,
     sigma_data: float,
     bad_records: str = "error",
+    labels: np.ndarray | None = None,
   ):
     choices.check("data.bad_records", bad_records, BAD_RECORDS)
+    self.labels = labels
     self._records = _Records(files)
     self.example_shape = tuple(shape)
     self.shape = (len(self._records), *self.example_shape)
@@ -334,19 +340,23 @@ class LatentArray:
       "data.bad_records=skip to train without it"
     )
 
-  def _replacement(self, key: int) -> bytes:
-    """The next good record after `key` (wrapping), counted as a skip."""
+  def _replacement(self, key: int) -> tuple[bytes, int]:
+    """The next good record after `key` (wrapping) and its key, counted as
+    a skip."""
     self.skipped += 1
     for step in range(1, len(self)):
       other = (key + step) % len(self)
       record = self._records.read(np.array([other]))[0]
       if self._why_bad(record) is None:
-        return record
+        return record, other
     raise faults.BadRecordError(f"no good record in {len(self)} latents")
 
   def stored(self, indices) -> np.ndarray:
     """The stored (scaled, un-normalized) latents at `indices`."""
-    keys = np.asarray(indices, np.int64).reshape(-1)
+    return self._stored(indices)[0]
+
+  def _stored(self, indices) -> tuple[np.ndarray, np.ndarray]:
+    keys = np.array(indices, np.int64).reshape(-1)
     if keys.size and (keys.min() < 0 or keys.max() >= len(self)):
       raise IndexError(f"latent index out of range [0, {len(self)})")
     records = self._records.read(keys)
@@ -359,13 +369,20 @@ class LatentArray:
       if key not in self._warned:
         self._warned.add(key)
         logging.warning("skipping %s", self._bad(key, why).split("; ")[0])
-      records[i] = self._replacement(key)
+      records[i], keys[i] = self._replacement(key)
     flat = np.frombuffer(b"".join(records), "<f4")  # A read-only view.
-    return flat.reshape(len(keys), *self.example_shape)
+    return flat.reshape(len(keys), *self.example_shape), keys
 
   def __getitem__(self, indices) -> np.ndarray:
-    x = normalize(self.stored(indices), self._mean, self._std, self._sigma_data)
-    return x.astype(np.float32, copy=False)
+    return self.labelled(indices)[0]
+
+  def labelled(self, indices) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalized latents at `indices` and their class labels (None for an
+    unlabelled set); a skipped bad record's label is its replacement's."""
+    stored, keys = self._stored(indices)
+    x = normalize(stored, self._mean, self._std, self._sigma_data)
+    labels = None if self.labels is None else self.labels[keys]
+    return x.astype(np.float32, copy=False), labels
 
 
 def merge_moments(parts: list[dict]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -438,7 +455,13 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
   mean, std = load_stats(stats_path(config), shape)
   check_stats(stats_path(config), mean, std, d.latent_dir, manifest["files"])
   array = LatentArray(
-    files, shape, mean, std, config.ct.sigma_data, d.bad_records
+    files,
+    shape,
+    mean,
+    std,
+    config.ct.sigma_data,
+    d.bad_records,
+    load_labels(d.latent_dir, manifest),
   )
   if len(array) != manifest["num_examples"]:
     raise ValueError(
@@ -447,3 +470,32 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
       "--overwrite"
     )
   return array
+
+
+def merge_labels(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+  """(int32 labels, class names) from per-chunk labels: integers are kept;
+  class-folder names become their index among the sorted names."""
+  labels = np.concatenate(parts)
+  if labels.dtype.kind in "iu":
+    return labels.astype(np.int32), np.array([], str)
+  names = np.unique(labels.astype(str))
+  return np.searchsorted(names, labels.astype(str)).astype(np.int32), names
+
+
+def load_labels(latent_dir: str, manifest: dict) -> np.ndarray | None:
+  """The dataset's labels (labels.npz), or None for an unlabelled one."""
+  if not manifest.get("labels_file"):
+    return None
+  data = storage.load_npz(
+    storage.join(latent_dir, manifest["labels_file"]),
+    "latent labels",
+    "re-encode with ilct_jax.data.encode --overwrite",
+    keys=("labels",),
+  )
+  labels = np.asarray(data["labels"], np.int32)
+  if labels.shape != (manifest["num_examples"],):
+    raise ValueError(
+      f"{latent_dir}/{manifest['labels_file']} holds {labels.shape} labels for "
+      f"{manifest['num_examples']} latents; re-encode with --overwrite"
+    )
+  return labels

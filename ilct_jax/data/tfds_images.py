@@ -14,8 +14,12 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
+from ilct_jax import choices
 from ilct_jax.data import image_prep
 
+# data.labels: none | label (the tfds 'label' feature, e.g. imagenet2012) |
+# folder (the class folder of each file of an image-folder build).
+LABEL_KINDS = ("none", "label", "folder")
 _READ_THREADS = 8  # PIL decoding releases the GIL: decode a batch in threads.
 
 
@@ -27,8 +31,15 @@ class ImageArray:
   has 2N rows: N + i is the mirror of row i.
   """
 
-  def __init__(self, source: Sequence[Any], size: int, flip_double: bool):
-    self.source, self.size = source, size
+  def __init__(
+    self,
+    source: Sequence[Any],
+    size: int,
+    flip_double: bool,
+    labels: str = "none",
+  ):
+    choices.check("data.labels", labels, LABEL_KINDS)
+    self.source, self.size, self.label_kind = source, size, labels
     self.base = len(source)
     self.flip_double = flip_double
     n = self.base * (2 if flip_double else 1)
@@ -38,24 +49,56 @@ class ImageArray:
   def __len__(self) -> int:
     return self.shape[0]
 
-  def _one(self, index: int, flip: bool) -> np.ndarray:
+  def _one(self, index: int, flip: bool) -> tuple[np.ndarray, Any]:
     example = self.source[int(index)]
     image = example["image"] if isinstance(example, dict) else example
     try:
-      return image_prep.preprocess(image, self.size, flip)
+      return image_prep.preprocess(image, self.size, flip), self._label(
+        example, index
+      )
     except ValueError as e:
       raise ValueError(f"example {int(index)} of the image split: {e}") from e
 
+  def _label(self, example: Any, index: int) -> Any:
+    """The class of an example: its tfds 'label', or the first folder of
+    its 'filename' (a folder-per-class tree); None when not asked."""
+    if self.label_kind == "none":
+      return None
+    key = "label" if self.label_kind == "label" else "filename"
+    if not isinstance(example, dict) or key not in example:
+      raise ValueError(
+        f"data.labels={self.label_kind} reads each example's {key!r}, which "
+        f"this split lacks; use data.labels=none (or folder for a folder "
+        "of class folders built with ilct_jax.data.build)"
+      )
+    if key == "label":
+      return int(example["label"])
+    name = example["filename"]
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    if "/" not in name:
+      raise ValueError(
+        f"example {index} ({name}) is not inside a class folder; "
+        "data.labels=folder needs FOLDER/<class>/<image> files"
+      )
+    return name.split("/", 1)[0]
+
   def __getitem__(self, indices) -> np.ndarray:
+    return self.labelled(indices)[0]
+
+  def labelled(self, indices) -> tuple[np.ndarray, np.ndarray | None]:
+    """The preprocessed images at `indices` and their labels (ints, class
+    folder names, or None under data.labels=none)."""
     indices = np.asarray(indices, np.int64).reshape(-1)
     if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
       raise IndexError(f"image index out of range [0, {len(self)})")
     base, flip = image_prep.flip_index(indices, self.base)
     rows = self._pool.map(self._one, base.tolist(), flip.tolist())
     out = np.empty((len(indices), *self.shape[1:]), np.float32)
-    for i, row in enumerate(rows):
+    labels = []
+    for i, (row, label) in enumerate(rows):
       out[i] = row
-    return out
+      labels.append(label)
+    return out, None if self.label_kind == "none" else np.asarray(labels)
 
 
 def get_builder(name: str, data_dir: str = ""):
@@ -126,4 +169,4 @@ def make_array(config: ml_collections.ConfigDict, size: int) -> ImageArray:
       f"tfds split {d.name}:{d.split} is empty; check data.split and rebuild "
       "the dataset from a folder that holds images"
     )
-  return ImageArray(source, size, d.flip_double)
+  return ImageArray(source, size, d.flip_double, d.get("labels", "none"))

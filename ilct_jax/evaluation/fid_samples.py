@@ -76,8 +76,15 @@ def sample_program(
   proto = image_files.PROTOCOLS[config.eval.protocol]
   rows = parallel.batch_sharding(mesh)
 
+  guide = sampling.guide_of(config)
+
   def images(params, aux, key):
-    x0 = sampling.sample(model.apply, params, key, shape, sigmas, config.ct)
+    labels = sampling.random_labels(
+      config, jax.random.fold_in(key, 1), shape[0]
+    )
+    x0 = sampling.sample(
+      model.apply, params, key, shape, sigmas, config.ct, labels, guide
+    )
     u8 = image_files.to_uint8(decode(aux, x0), proto.rounding)
     return image_files.to_rgb(u8, jnp)
 

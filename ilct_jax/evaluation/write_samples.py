@@ -88,7 +88,9 @@ def sample_data(
   sigmas: tuple[float, ...],
   mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
-  """`num` samples in data space (x0) through the given sigmas.
+  """`num` samples in data space (x0) through the given sigmas (a
+  class-conditional model's of `sampling.grid_labels`, guided by
+  sample.cfg_scale).
 
   The result is replicated over `mesh` (default: all devices), so every
   process holds all of it. The compiled sampler is cached
@@ -101,8 +103,9 @@ def sample_data(
     (num, *state_lib.example_shape(config)),
     sigmas,
     parallel.replicated(mesh),
+    sampling.guide_of(config),
   )
-  return fn(params, key)
+  return fn(params, key, sampling.grid_labels(config, num))
 
 
 def sample_images(

@@ -8,6 +8,8 @@ Modes (`--mode`):
            XLA's, MFU, OT share, memory, projected days of each paper run.
   recipes  train-step time of the paper recipe vs the iLCT baseline (and each
            technique switched off alone), as ratios measured in one run.
+  archs    train step of the paper's UNet beside the authors' DiT-B/2 on the
+           config's data: step time, model FLOPs, MFU, state memory.
   model    the UNet alone at train.batch_size: forward, and forward +
            backward of a mean-square loss (as a PyTorch `backward()` timing).
   ot       the OT pairing alone (exact, Crouse up to 512, sinkhorn) at 128,
@@ -53,8 +55,10 @@ from ilct_jax.lab.bench_parts import (
   time_ot_sizes,
   time_vae,
 )
+from ilct_jax.models import unet
 
-MODES = ("train", "recipes", "model", "ot", "memory", "eval", "vae", "fid")
+MODES = ("train", "recipes", "archs", "model", "ot", "memory", "eval", "vae")
+MODES += ("fid",)
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax's name.
 PyTree = Any
 
@@ -88,6 +92,9 @@ def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
   init_s = time.perf_counter() - start
   noise = np.random.default_rng(0).normal(0, 0.5, shape).astype(np.float32)
   batch = jax.device_put(noise, parallel.batch_sharding(mesh))
+  if config.model.get("num_classes", 0):  # Class-conditional: labels too.
+    labels = np.arange(shape[0], dtype=np.int32) % config.model.num_classes
+    batch = (batch, jax.device_put(labels, parallel.batch_sharding(mesh)))
   hostmem.release_free_memory()  # As train.train_and_evaluate does.
   return compiled, state, batch, init_s, compile_s
 
@@ -208,6 +215,37 @@ def compare_recipes(config, steps: int, warmup: int) -> dict[str, dict]:
   return rows
 
 
+# The networks of `--mode=archs`, on the config's data and recipe: the
+# paper's UNet and the authors' DiT-B/2 as configs/celeba_dit.py sets it.
+ARCH_VARIANTS = {
+  "UNet (paper)": {"model.arch": "unet"},
+  "DiT-B/2": {
+    "model.arch": "dit",
+    "model.norm": "nsln",
+    "model.dit.size": "B",
+    "model.dit.patch": 2,
+    "model.dit.mlp": "relu",
+    "model.dit.rope": False,
+    "model.dit.freq_filter": True,
+  },
+}
+
+
+def compare_archs(config, steps: int, warmup: int) -> dict[str, dict]:
+  """Train-step time, FLOPs and MFU of each ARCH_VARIANTS network (and its
+  time relative to the UNet's), measured in one process."""
+  keys = ("step_s", "images_per_s", "model_gflop_per_step", "mfu", "args_mib")
+  rows = {}
+  for name, overrides in ARCH_VARIANTS.items():
+    c = _with(config, {**overrides, "model.num_classes": 0})
+    r = time_train_step(c, steps, warmup)
+    params = state_lib.abstract_state(c).params
+    rows[name] = {"params_m": unet.count_params(params) / 1e6}
+    rows[name].update({k: r[k] for k in keys if k in r})
+    rows[name]["time_vs_unet"] = r["step_s"] / rows["UNet (paper)"]["step_s"]
+  return rows
+
+
 XLA_CPU_NOTE = f"# XLA:CPU options of the step: {kernels.CPU_COMPILER_OPTIONS}"
 
 
@@ -229,6 +267,7 @@ def main(argv):
   print(f"# host malloc: {hostmem.huge_pages_note()} (ilct_jax/hostmem.py)")
   tables = {
     "recipes": lambda: compare_recipes(config, f.steps, f.warmup),
+    "archs": lambda: compare_archs(config, f.steps, f.warmup),
     "model": lambda: {
       "model": time_model(config, config.train.batch_size, f.steps, f.warmup)
     },

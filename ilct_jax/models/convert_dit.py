@@ -118,9 +118,11 @@ def from_torch(
       grid = image_size // model.patch
       cos, sin = dit.rope_tables(model.hidden // model.heads, grid)
       table = cos if name.endswith("cos") else sin
-      if not model.rope or value.shape != table.shape or np.max(
-        np.abs(value - table)
-      ) > 1e-5:
+      if (
+        not model.rope
+        or value.shape != table.shape
+        or np.max(np.abs(value - table)) > 1e-5
+      ):
         raise ValueError(
           f"{name} does not match this network's rotary table (model.dit."
           f"rope={model.rope}, heads {model.heads}, a {grid}x{grid} grid)"

@@ -15,7 +15,8 @@ numbers). Same call as the UNet: (c_in x, c_noise = 250 ln sigma, train)
               to the fixed 2-D sin-cos positions, which are always on.
   freq_filter a learned complex filter on the token grid's 2-D FFT before
               the MLP (their `freq_type=prev_mlp`), initialised to 1.
-  mlp         gelu (DiT's Mlp, tanh GELU) or gate_relu (their GLU FFN).
+  mlp         gelu (DiT's Mlp, tanh GELU), relu (the same Mlp with ReLU,
+              their `linear_act=relu`) or gate_relu (their GLU FFN).
 
 Module names follow the authors' state_dict (x_embedder, t_embedder,
 y_embedder, blocks_i, adaLN_modulation, final_layer) so
@@ -36,7 +37,7 @@ from ilct_jax.models import unet
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
          "XL": (28, 1152, 16)}  # fmt: skip
 NORMS = ("nsln", "rms", "layer")
-MLPS = ("gelu", "gate_relu")
+MLPS = ("gelu", "relu", "gate_relu")
 TIME_FREQUENCIES = 256  # TimestepEmbedder's frequency_embedding_size.
 
 _xavier = nn.initializers.xavier_uniform()
@@ -152,7 +153,7 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """DiT's Mlp (fc1, tanh GELU, fc2) or the authors' GLU FFN gate_relu
+  """DiT's Mlp (fc1, tanh GELU or ReLU, fc2) or the authors' GLU FFN gate_relu
   (w12 -> relu(first half) * second half -> w3), hidden = ratio * width."""
 
   kind: str
@@ -165,7 +166,8 @@ class Mlp(nn.Module):
     if self.kind == "gate_relu":
       x1, x2 = jnp.split(_dense(2 * self.hidden, "w12", self.dtype)(x), 2, -1)
       return _dense(d, "w3", self.dtype)(nn.relu(x1) * x2)
-    h = nn.gelu(_dense(self.hidden, "fc1", self.dtype)(x), approximate=True)
+    h = _dense(self.hidden, "fc1", self.dtype)(x)
+    h = nn.relu(h) if self.kind == "relu" else nn.gelu(h, approximate=True)
     return _dense(d, "fc2", self.dtype)(h)
 
 
