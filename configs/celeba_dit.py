@@ -8,7 +8,7 @@ encoded latents and VAE).
 Command:
   python -m ilct_jax.main --config=configs/celeba_dit.py --workdir=runs/cdit
 
-Hardware: any device count dividing the batch; 131M parameters (DiT-B/2 with
+Hardware: any device count dividing the batch; 132.2M parameters (DiT-B/2 with
 the ReLU MLP, tests/dit_parity_test.py counts the authors' options).
 `python -m ilct_jax.preflight --config=configs/celeba_dit.py` says whether a
 TPU slice fits it and what it costs; `python -m ilct_jax.benchmark

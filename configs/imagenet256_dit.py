@@ -18,7 +18,7 @@ Command:
   python -m ilct_jax.main --config=configs/imagenet256_dit.py --workdir=runs/in
 
 Hardware: 1.28M latents x 560 epochs at batch 256 is 2.8M steps; the DiT-B/2
-(162M parameters with the label table) fits any 16 GiB chip replicated, and
+(161.3M parameters with the label table) fits any 16 GiB chip replicated, and
 train.fsdp=N splits its state over N devices for larger sizes
 (model.dit.size=L or XL). Run the preflight and the benchmark first. Wall
 time: not measured (no accelerator). Expected FID: 16.75 (1 NFE, their

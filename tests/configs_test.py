@@ -5,15 +5,18 @@ import pytest
 
 from configs import (
   celeba,
+  celeba_dit,
   demo,
   ffhq,
   ilct_baseline,
   ilct_baseline_ffhq,
+  imagenet256_dit,
   lsun_church,
 )
 from ilct_jax import config_checks, consistency, train
 from ilct_jax import state as state_lib
 from ilct_jax.models import unet
+from tests import dit_references
 
 # The verified CelebA-HQ run (ALGORITHM.md §11a, §12, §13, §14, §15, §18):
 # config field -> the value the authors' run used.
@@ -159,3 +162,68 @@ def test_demo_config_is_pixel_mode_full_recipe():
   assert c.data.source == "digits" and c.data.channels == 1
   assert c.ct.loss == "cauchy" and c.model.norm == "nsln"
   config_checks.check_names(c)
+
+
+# The authors' DiT runs (ALGORITHM.md §20-21; the configs' headers cite the
+# scripts): config field -> the value of their flags, and the authors' own
+# trainable parameter count of that network (tests/golden/dit_versions.json).
+DIT_RUNS = {
+  celeba_dit: (
+    {
+      "model.arch": "dit",
+      "model.norm": "nsln",
+      "dit.size": "B",
+      "dit.patch": 2,
+      "dit.mlp": "relu",
+      "dit.rope": False,
+      "dit.freq_filter": True,
+      "model.num_classes": 0,
+      "train.epochs": 700,
+      "sample.ts": (0, 420, 640),
+    },
+    "B2_celeba_relu",
+  ),
+  imagenet256_dit: (
+    {
+      "model.arch": "dit",
+      "model.norm": "rms",
+      "dit.size": "B",
+      "dit.patch": 2,
+      "dit.mlp": "gate_relu",
+      "dit.rope": True,
+      "dit.freq_filter": True,
+      "model.num_classes": 1000,
+      "model.label_dropout": 0.1,
+      "ct.p_mean": -0.8,
+      "ct.p_std": 1.5,
+      "ct.start_scales": 8,
+      "ct.end_scales": 512,
+      "ct.diffusion_threshold": 0.70,
+      "coupling.method": "none",
+      "train.epochs": 560,
+      "sample.ts": (0, 256, 512),
+      "sample.cfg_scale": 1.5,
+      "sample.cfg_channels": 3,
+      "data.labels": "label",
+    },
+    "B2_imagenet_authors",
+  ),
+}
+
+
+@pytest.mark.parametrize("module", list(DIT_RUNS))
+def test_dit_configs_are_the_authors_runs(module):
+  c = module.get_config()
+  fields, count_case = DIT_RUNS[module]
+
+  def get(path):
+    group, name = path.split(".")
+    return (c.model.dit if group == "dit" else c[group])[name]
+
+  assert {p: get(p) for p in fields} == fields
+  config_checks.check_names(c)
+  params = jax.eval_shape(
+    lambda k: state_lib._init(c, k),
+    jax.random.key(0),  # noqa: SLF001
+  ).params
+  assert unet.count_params(params) == dit_references.golden_counts()[count_case]

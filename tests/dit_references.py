@@ -66,6 +66,7 @@ COUNT_CASES = {
   "L2_authors": ("L", 2, "rms", "gate_relu", True, True, 1000),
   "XL2_plain": ("XL", 2, "nsln", "gelu", False, False, 1000),
   "B4_authors": ("B", 4, "rms", "gate_relu", True, True, 0),
+  "B2_celeba_relu": ("B", 2, "nsln", "relu", False, True, 0),
 }
 
 

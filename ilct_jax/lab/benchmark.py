@@ -82,6 +82,7 @@ def _step_inputs(config: ml_collections.ConfigDict, mesh, total: int):
   keeps its lowering: 0.3 GiB for the paper step), trimmed, then the state.
   """
   setup = setup_lib.build(config, mesh)
+  mesh = setup.mesh  # With the "fsdp" axis of train.fsdp > 1.
   compiled, compile_s = step_lib.compile_ahead(
     config, mesh, setup.abstract_state, total
   )

@@ -67,8 +67,8 @@ def compile_train(config, mesh) -> tuple[Any, float]:
   setup = setup_lib.build(config, mesh, examples(config))
   steps = max(setup.total_steps, 1)
   compiled, seconds = step_lib.compile_ahead(
-    config, mesh, setup.abstract_state, steps
-  )
+    config, setup.mesh, setup.abstract_state, steps
+  )  # setup.mesh: with the "fsdp" axis of train.fsdp > 1.
   return compiled, seconds
 
 
