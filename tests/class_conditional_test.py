@@ -173,25 +173,43 @@ def test_labels_follow_a_skipped_record(tmp_path):
 
 
 def test_the_dit_demo_trains_and_writes_class_grids(tmp_path):
-  """configs/demo_dit.py end to end, shortened: 4 steps, then its 10x10
+  """configs/demo_dit.py end to end, shortened: 2 steps, then its 10x10
   grids (column k asks for digit k) and a sample of one requested class."""
   from ilct_jax import train
   from ilct_jax.evaluation import write_samples
 
   config = demo_dit.get_config()
-  config.train.num_steps = 4
-  config.train.sample_every = 4
-  config.train.ckpt_every = 4
+  config.train.num_steps = 2
+  config.train.sample_every = 2
+  config.train.ckpt_every = 2
   workdir = str(tmp_path / "demo_dit")
   state = train.train_and_evaluate(config, workdir)
-  assert int(state.step) == 4
+  assert int(state.step) == 2
   assert state.params["y_embedder_embedding_table"].shape == (11, 128)
   for name in ("onestep", "twostep"):
-    png = tmp_path / "demo_dit" / "samples" / f"{name}_00000004.png"
+    png = tmp_path / "demo_dit" / "samples" / f"{name}_00000002.png"
     grid = image_files.decode(png.read_bytes())
     # 10 x 10 digits of 16 px with 1 px gutters, upscaled 8x.
     assert grid.shape[:2] == ((10 * 17 + 1) * 8,) * 2
-  config.sample.label, config.sample.num = 7, 3
+  config.sample.label = 7  # The grid's shape: its compiled sampler again.
   written = write_samples.run(config, workdir)
   samples = np.load(written["onestep"].replace(".png", ".npz"))
-  assert samples["samples"].shape == (3, 16, 16, 1)
+  assert samples["samples"].shape == (100, 16, 16, 1)
+
+
+def test_labelled_tfds_examples_give_their_label_to_each_row():
+  """data.labels=label: a tfds example's 'label' (imagenet2012's feature),
+  mirrors (flip_double rows N..2N-1) keeping their image's."""
+  from ilct_jax.data import tfds_images
+
+  rng_ = np.random.default_rng(0)
+  source = [
+    {"image": rng_.integers(0, 256, (8, 8, 3), np.uint8), "label": k}
+    for k in (3, 1, 4)
+  ]
+  array = tfds_images.ImageArray(source, 8, flip_double=True, labels="label")
+  images, labels = array.labelled([0, 2, 3, 5])
+  np.testing.assert_array_equal(labels, [3, 4, 3, 4])
+  np.testing.assert_array_equal(images[2], images[0][:, ::-1])
+  with pytest.raises(ValueError, match="reads each example's 'filename'"):
+    tfds_images.ImageArray(source, 8, False, labels="folder").labelled([0])
