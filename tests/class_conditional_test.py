@@ -16,7 +16,7 @@ from configs import demo_dit
 from ilct_jax import config_checks, parallel, sampling
 from ilct_jax import state as state_lib
 from ilct_jax import step as step_lib
-from ilct_jax.data import digits, latents, pipeline
+from ilct_jax.data import digits, latent_labels, latents, pipeline
 from ilct_jax.evaluation import image_files
 
 
@@ -167,7 +167,7 @@ def test_labels_follow_a_skipped_record(tmp_path):
   )
   assert array.skipped == 1
   np.testing.assert_array_equal(
-    latents.merge_labels([np.array(["b", "a"]), np.array(["c", "a"])])[0],
+    latent_labels.merge_labels([np.array(["b", "a"]), np.array(["c", "a"])])[0],
     [1, 0, 2, 0],
   )
 

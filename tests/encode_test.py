@@ -11,7 +11,14 @@ from PIL import Image
 
 from ilct_jax import parallel, rng, run_config, train
 from ilct_jax import state as state_lib
-from ilct_jax.data import build, encode, latents, pipeline, tfds_images
+from ilct_jax.data import (
+  build,
+  encode,
+  latent_labels,
+  latents,
+  pipeline,
+  tfds_images,
+)
 from ilct_jax.evaluation import image_files, write_samples
 from ilct_jax.models import autoencoder, vae_files
 from ilct_jax.models import vae as vae_lib
@@ -400,7 +407,7 @@ def test_class_folders_become_labels_of_the_latents(setup, tmp_path):
   config.data.flip_double = True
   manifest = encode.run(config, str(tmp_path / "lat"))
   assert manifest["num_classes"] == 3 and manifest["labels"] == "folder"
-  labels = latents.load_labels(str(tmp_path / "lat"), manifest)
+  labels = latent_labels.load_labels(str(tmp_path / "lat"), manifest)
   want = [0] * 4 + [1] * 3 + [2] * 2  # Sorted paths: cat, dog, emu.
   np.testing.assert_array_equal(labels, want + want)  # Mirrors keep theirs.
   config.model.arch, config.model.num_classes = "dit", 3

@@ -48,7 +48,7 @@ from jax.sharding import PartitionSpec as P
 
 from ilct_jax import parallel, rng, storage
 from ilct_jax import progress as progress_lib
-from ilct_jax.data import latents, tfds_images
+from ilct_jax.data import latent_labels, latents, tfds_images
 from ilct_jax.models import autoencoder, vae_files
 
 # Fields of plan.json that must match for a rerun to resume a partial run.
@@ -116,7 +116,7 @@ def _shards(plan: dict) -> list[str]:
 
 def _ours(out_dir: str) -> list[str]:
   """Files this job writes in `out_dir` (never anything else)."""
-  names = [latents.MANIFEST, latents.STATS, latents.PLAN, latents.LABELS]
+  names = [latents.MANIFEST, latents.STATS, latents.PLAN, latent_labels.LABELS]
   for name in storage.listdir(out_dir):
     ours = name.lstrip(".").startswith("latents-") or name.endswith(".tmp")
     if ours:
@@ -346,12 +346,12 @@ def _write_labels(out_dir: str, parts: list[dict], shards: list[str]) -> dict:
       f"chunk {missing[0]} has no labels though the plan asks for them; "
       "re-run ilct_jax.data.encode with --overwrite"
     )
-  labels, names = latents.merge_labels([p["labels"] for p in parts])
+  labels, names = latent_labels.merge_labels([p["labels"] for p in parts])
   storage.save_npz(
-    _path(out_dir, latents.LABELS), labels=labels, class_names=names
+    _path(out_dir, latent_labels.LABELS), labels=labels, class_names=names
   )
   classes = len(names) if len(names) else int(labels.max()) + 1
-  return {"labels_file": latents.LABELS, "num_classes": classes}
+  return {"labels_file": latent_labels.LABELS, "num_classes": classes}
 
 
 def run(

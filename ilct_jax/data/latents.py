@@ -45,6 +45,7 @@ import numpy as np
 from absl import logging
 
 from ilct_jax import choices, faults, storage
+from ilct_jax.data import latent_labels
 from ilct_jax.models import vae as vae_lib
 from ilct_jax.models import vae_files
 from ilct_jax.models.autoencoder import SCALING_FACTOR
@@ -53,7 +54,6 @@ FORMAT = "ilct_jax.latents/1"
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
 STATS = "stats.npz"
-LABELS = "labels.npz"
 BAD_RECORDS = ("error", "skip")  # data.bad_records
 
 
@@ -461,7 +461,7 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
     std,
     config.ct.sigma_data,
     d.bad_records,
-    load_labels(d.latent_dir, manifest),
+    latent_labels.load_labels(d.latent_dir, manifest),
   )
   if len(array) != manifest["num_examples"]:
     raise ValueError(
@@ -470,32 +470,3 @@ def open_latents(config: ml_collections.ConfigDict) -> LatentArray:
       "--overwrite"
     )
   return array
-
-
-def merge_labels(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """(int32 labels, class names) from per-chunk labels: integers are kept;
-  class-folder names become their index among the sorted names."""
-  labels = np.concatenate(parts)
-  if labels.dtype.kind in "iu":
-    return labels.astype(np.int32), np.array([], str)
-  names = np.unique(labels.astype(str))
-  return np.searchsorted(names, labels.astype(str)).astype(np.int32), names
-
-
-def load_labels(latent_dir: str, manifest: dict) -> np.ndarray | None:
-  """The dataset's labels (labels.npz), or None for an unlabelled one."""
-  if not manifest.get("labels_file"):
-    return None
-  data = storage.load_npz(
-    storage.join(latent_dir, manifest["labels_file"]),
-    "latent labels",
-    "re-encode with ilct_jax.data.encode --overwrite",
-    keys=("labels",),
-  )
-  labels = np.asarray(data["labels"], np.int32)
-  if labels.shape != (manifest["num_examples"],):
-    raise ValueError(
-      f"{latent_dir}/{manifest['labels_file']} holds {labels.shape} labels for "
-      f"{manifest['num_examples']} latents; re-encode with --overwrite"
-    )
-  return labels
